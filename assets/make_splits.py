@@ -3,39 +3,18 @@
 
 Records how the `split` field stored in every assets/*.jsonl row was made,
 and can re-create it:  python3 assets/make_splits.py  (rewrites the files in
-place; running it again is a no-op because the rule is deterministic).
+place; running it again changes nothing because the rule is deterministic).
 
 Rule, applied to each file separately:
   * one rng = random.Random(20251130) per file;
   * categories are visited in sorted order; inside a category the rows are
     grouped into strata by how the instruction ends ("?", "." or anything
-    else), because the last token dominates the residual stream at the
-    position we read, so train and test must have the same ending mix;
-  * each stratum's ids are sorted and shuffled with rng (strata in sorted
-    order);
+    else). The last token dominates the residual stream at the position the
+    engine reads, so train and test must keep the same ending mix;
+  * each stratum's ids are sorted and then shuffled with rng (strata visited
+    in sorted order: "", ".", "?");
   * the category gets n_train = round(0.6 * n) train rows (at least one train
-    and one test row when n >= 2); each stratum gets floor(0.6 * n_s) of them
-    and the leftover train slots go to the strata with the largest fractional
-    remainder (ties broken by a draw from rng);
-  * inside each stratum the first k_s shuffled ids are "train", the rest
-    "test".
-Row order in the files is not changed.
-Deterministic train/test split for the built-in instruction sets.
-
-Records how the `split` field stored in every assets/*.jsonl row was made,
-and can re-create it:  python3 assets/make_splits.py  (rewrites the files in
-place; running it again is a no-op because the rule is deterministic).
-
-Rule, applied to each file separately:
-  * one rng = random.Random(20251130) per file;
-  * categories are visited in sorted order; inside a category the rows are
-    grouped into strata by how the instruction ends ("?", "." or anything
-    else), because the last token dominates the residual stream at the
-    position we read, so train and test must have the same ending mix;
-  * each stratum's ids are sorted and shuffled with rng (strata in sorted
-    order);
-  * the category gets n_train = round(0.6 * n) train rows (at least one train
-    and one test row when n >= 2); each stratum gets floor(0.6 * n_s) of them
+    and one test row when n >= 2); each stratum first gets floor(0.6 * n_s),
     and the leftover train slots go to the strata with the largest fractional
     remainder (ties broken by a draw from rng);
   * inside each stratum the first k_s shuffled ids are "train", the rest
@@ -109,7 +88,7 @@ def save(path, rows):
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def main(argv):
+def main():
     here = Path(__file__).resolve().parent
     for name in FILES:
         path = here / name
@@ -123,4 +102,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

@@ -196,6 +196,7 @@ def _prepare_tokenizer(tokenizer: Any) -> Any:
 
 
 def _finish(model: Any, tokenizer: Any, spec: ModelSpec, model_id: str, weights_hash: str, t0: float, source: str) -> ModelHandle:
+    tokenizer = _prepare_tokenizer(tokenizer)  # first: the generation config below reads its pad token
     model.eval()
     model.requires_grad_(False)
     cfg = model.config
@@ -213,7 +214,7 @@ def _finish(model: Any, tokenizer: Any, spec: ModelSpec, model_id: str, weights_
             model.generation_config.pad_token_id = tokenizer.pad_token_id
     return ModelHandle(
         model=model,
-        tokenizer=_prepare_tokenizer(tokenizer),
+        tokenizer=tokenizer,
         spec=spec,
         model_id=model_id,
         n_layers=n_layers,
@@ -441,6 +442,11 @@ def _load_hf(spec: ModelSpec, t0: float) -> ModelHandle:
         raise ModelError(
             f"could not load model {spec.name!r}: not a local folder and not reachable on the Hugging Face hub "
             f"(offline machines can only use 'default', 'tiny-random' or a local folder). Details: {exc}"
+        ) from exc
+    except ValueError as exc:  # e.g. a folder without a tokenizer or config: transformers raises ValueError
+        raise ModelError(
+            f"could not load model {spec.name!r}: it is not a complete Hugging Face model (a folder needs config.json, "
+            f"the weights and a tokenizer with a chat template). Details: {exc}"
         ) from exc
     if not use_map:
         model = model.to(device)

@@ -35,6 +35,7 @@ __all__ = [
     "generate",
     "side_by_side",
     "steer",
+    "sweep",
 ]
 
 POSITION_MODES = ("prompt", "context", "all")
@@ -350,3 +351,43 @@ def side_by_side(
             }
         )
     return out
+
+
+def sweep(
+    handle: ModelHandle,
+    instructions: Sequence[str | PromptPositions],
+    vectors: Any,
+    layers: Sequence[int],
+    coeffs: Sequence[float],
+    cfg: GenerationConfig | None = None,
+    *,
+    positions: str = "prompt",
+    include_baseline: bool = True,
+    stop_fn: Callable[[str], bool] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Layers x coefficients grid, every cell a batch row with its own (layer, coeff): one batched generate.
+
+    Returns one record per (layer, coeff, instruction): ``{"layer", "coeff", "index", "instruction", "text",
+    "refused"}``; with ``include_baseline`` also rows with ``layer=None, coeff=0.0`` (unsteered).
+    """
+    cfg = cfg or GenerationConfig()
+    layers = check_rows(handle, list(layers), steerable=True)
+    if not coeffs:
+        raise ValueError("choose at least one coefficient")
+    prompts = prepare(handle, instructions)
+    cells: list[tuple[int | None, float]] = [(None, 0.0)] if include_baseline else []
+    cells += [(layer, float(c)) for layer in layers for c in coeffs]
+    items: list[PromptPositions] = []
+    specs: list[SteeringSpec | None] = []
+    meta: list[tuple[int | None, float, int]] = []
+    for layer, c in cells:
+        for k, p in enumerate(prompts):
+            items.append(p)
+            specs.append(None if layer is None else SteeringSpec(vectors, (layer,), c, positions))
+            meta.append((layer, c, k))
+    texts = generate(handle, items, specs, cfg, stop_fn=stop_fn, progress=progress)
+    return [
+        {"layer": layer, "coeff": c, "index": k, "instruction": prompts[k].instruction, "text": t, "refused": is_refusal(t)}
+        for (layer, c, k), t in zip(meta, texts, strict=True)
+    ]

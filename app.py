@@ -1,0 +1,121 @@
+"""steering-explorer: the Streamlit frame (page config, model picker, status, navigation).
+
+Run with ``streamlit run app.py`` (``make run``). ``$STEERING_EXPLORER_MODEL`` picks the model at start
+(``default``: Qwen2.5-Coder-0.5B-Instruct; ``tiny-random``: a random 3-block model for smoke tests).
+Pages live in ``pages/``; they call ``engine.service`` only (no torch code in pages).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import streamlit as st
+
+ROOT = str(Path(__file__).resolve().parent)
+if ROOT not in sys.path:  # `streamlit run` adds it; AppTest and other runners may not
+    sys.path.insert(0, ROOT)
+
+from engine import service as svc  # noqa: E402
+from engine.models import REGISTRY, ModelSpec  # noqa: E402
+from pages import _common as common  # noqa: E402
+
+st.set_page_config(page_title="steering-explorer", page_icon=":material/explore:", layout="wide")
+
+PAGES = [
+    st.Page("pages/steer.py", title="Steer", icon=":material/tune:", default=True),
+    st.Page("pages/clusters.py", title="Clusters", icon=":material/scatter_plot:"),
+    st.Page("pages/inspect.py", title="Inspect", icon=":material/search:"),
+    st.Page("pages/guard.py", title="Latent Guard", icon=":material/shield:"),
+    st.Page("pages/directions.py", title="Directions", icon=":material/north_east:"),
+    st.Page("pages/experiments.py", title="Experiments", icon=":material/science:"),
+    st.Page("pages/report.py", title="Report", icon=":material/description:"),
+]
+OTHER = "other (Hugging Face id or local folder)"
+DEVICES = ["auto", "cpu", "cuda", "mps"]
+DTYPES = ["auto", "float32", "bfloat16", "float16"]
+
+
+def _model_picker() -> ModelSpec | None:
+    env = svc.default_model_name()
+    presets = list(REGISTRY)
+    options = [*presets, OTHER]
+    if "model_choice" not in st.session_state:
+        st.session_state["model_choice"] = env if env in presets else OTHER
+        st.session_state["model_custom"] = "" if env in presets else env
+    choice = st.selectbox(
+        "Model",
+        options,
+        key="model_choice",
+        format_func=lambda o: {
+            "default": "default · Qwen2.5-Coder-0.5B-Instruct",
+            "tiny-random": "tiny-random · demo",
+        }.get(o, o),
+        help="\n\n".join(f"**{k}**: {v}" for k, v in REGISTRY.items())
+        + "\n\nOr any Hugging Face model id or local folder.",
+    )
+    name = choice
+    if choice == OTHER:
+        name = st.text_input(
+            "Hugging Face id or local folder", key="model_custom", placeholder="Qwen/Qwen2.5-1.5B-Instruct"
+        ).strip()
+        if not name:
+            st.info("Type a model id or folder, then press Enter.")
+            return None
+    c1, c2 = st.columns(2)
+    device = c1.selectbox("Device", DEVICES, key="model_device")
+    dtype = c2.selectbox("Dtype", DTYPES, key="model_dtype")
+    try:
+        return ModelSpec(name=name, device=device, dtype=dtype)
+    except ValueError as exc:
+        st.error(str(exc))
+        return None
+
+
+def _status(spec: ModelSpec) -> None:
+    try:
+        handle = common.get_handle(spec)
+    except Exception as exc:  # a bad id, missing weights, out of memory: show it, keep the app usable
+        st.session_state["model_error"] = str(exc)
+        st.sidebar.error(f"Could not load {spec.name!r}: {exc}")
+        return
+    st.session_state.pop("model_error", None)
+    bundle, source = None, ""
+    try:
+        with st.container():
+            bundle, source = common.active_bundle(spec, handle)
+    except svc.USER_ERRORS as exc:
+        st.sidebar.error(f"Directions unavailable: {exc}")
+    status = svc.model_status(handle, bundle, source)
+    with st.sidebar:
+        st.markdown(
+            f"**{status['model']}**  \n{status['blocks (L)']} blocks · width {status['width (d)']} · "
+            f"{status['device']} · {status['dtype']}"
+        )
+        st.caption(f"Directions: {status['directions']}")
+        if status.get("warning"):
+            st.warning(status["warning"])
+        with st.expander("Model status"):
+            st.json({k: v for k, v in status.items()}, expanded=True)
+            st.caption(
+                "Layer convention: row l < L is the residual stream at the input of block l (row 0 = embeddings); "
+                "row L is the last block's output before the final norm. Steering adds c·v[l] at the input of block l."
+            )
+
+
+with st.sidebar:
+    st.markdown("### :material/explore: steering-explorer")
+    st.caption(
+        "How a chat model encodes *harmfulness* (at t_inst) and *refusal* (at t_post_inst), and how to steer them."
+    )
+    spec = _model_picker()
+
+if spec is not None:
+    st.session_state[common.SPEC_KEY] = spec
+    page = st.navigation(PAGES)
+    _status(spec)
+    page.run()
+else:
+    st.session_state["model_error"] = "no model chosen"
+    page = st.navigation(PAGES)
+    page.run()

@@ -1,0 +1,85 @@
+"""Latent Guard: classify requests as harmful from the model's own t_inst hidden states.
+
+Contract: score = Delta_harmful = mean over all L+1 captured rows of cos(h, mu_harmful) - cos(h, mu_harmless) at
+t_inst (paper Eq. 3 and §5, as the paper's code averages rows); harmful iff score >= threshold (default 0).
+The centroids are those of the bundle's ``harmfulness`` direction. No trained classifier, no tuned threshold.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .capture import capture
+from .directions import DirectionBundle, DirectionSet, delta
+from .models import ModelHandle
+
+__all__ = ["GuardResult", "guard", "guard_scores", "roc_curve"]
+
+
+@dataclass(frozen=True)
+class GuardResult:
+    instruction: str
+    score: float
+    harmful: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"instruction": self.instruction, "score": self.score, "harmful": self.harmful}
+
+
+def _check_threshold(threshold: float) -> float:
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.floating)) or not math.isfinite(float(threshold)):
+        raise ValueError(f"threshold must be a finite number, got {threshold!r}")
+    return float(threshold)
+
+
+def guard_scores(
+    handle: ModelHandle,
+    directions: DirectionBundle | DirectionSet,
+    instructions: Sequence[str],
+    *,
+    batch_size: int = 16,
+    progress: Callable[[int, int], None] | None = None,
+    acts: np.ndarray | None = None,
+) -> np.ndarray:
+    """Delta_harmful per instruction: (n,) float64. ``acts`` (n, L+1, d) at t_inst skips the capture."""
+    d = directions.harmfulness if isinstance(directions, DirectionBundle) else directions
+    if d.pos_centroid is None or d.neg_centroid is None:
+        raise ValueError("the harmfulness direction has no centroids; the Latent Guard needs them")
+    if d.vectors.shape != (handle.n_rows, handle.hidden_size):
+        raise ValueError(f"directions are {d.vectors.shape}, this model needs ({handle.n_rows}, {handle.hidden_size}); recompute them")
+    if acts is None:
+        acts = capture(handle, list(instructions), ("t_inst",), batch_size=batch_size, progress=progress).at("t_inst")
+    return delta(acts, d.pos_centroid, d.neg_centroid)
+
+
+def guard(
+    handle: ModelHandle,
+    directions: DirectionBundle | DirectionSet,
+    instructions: Sequence[str],
+    *,
+    threshold: float = 0.0,
+    batch_size: int = 16,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[GuardResult]:
+    t = _check_threshold(threshold)
+    scores = guard_scores(handle, directions, instructions, batch_size=batch_size, progress=progress)
+    return [GuardResult(i, float(s), bool(s >= t)) for i, s in zip(instructions, scores, strict=True)]
+
+
+def roc_curve(scores: Sequence[float], truth: Sequence[bool]) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """(fpr, tpr, thresholds, auc) for 'harmful' = positive class."""
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(truth, dtype=bool)
+    if len(s) != len(y) or len(s) == 0:
+        raise ValueError("scores and truth must be non-empty and of equal length")
+    thr = np.concatenate([[np.inf], np.sort(np.unique(s))[::-1]])
+    P, N = max(y.sum(), 1), max((~y).sum(), 1)
+    tpr = np.array([((s >= t) & y).sum() / P for t in thr])
+    fpr = np.array([((s >= t) & ~y).sum() / N for t in thr])
+    auc = float(np.trapezoid(tpr, fpr)) if hasattr(np, "trapezoid") else float(np.trapz(tpr, fpr))
+    return fpr, tpr, thr, auc

@@ -1,0 +1,155 @@
+"""Refused/accepted labels for prompts, with an on-disk cache.
+
+Contract:
+- ``label_refusals(handle, instructions)`` labels each prompt by greedy generation with the full chat template
+  plus the paper's substring scorer (``labeller="substring"``), or by the generation-free log-odds of a
+  refusal-start token (``labeller="logodds"``, threshold 0).
+- Substring labels are cached in ``cache_dir()/labels/<model fingerprint>.jsonl`` keyed by a hash of
+  (model, prompt, decoding settings); a re-run with the same settings generates nothing. Rows stop generating as
+  soon as a refusal phrase appears (the label cannot change after that).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .models import ModelHandle, cache_dir
+from .refusal import is_refusal, refusal_decided, refusal_logodds
+from .steering import GenerationConfig, generate
+
+__all__ = ["LABELLERS", "Label", "LabelCache", "label_refusals"]
+
+LABELLERS = ("substring", "logodds")
+DEFAULT_LABEL_TOKENS = 48
+_FILE_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Label:
+    instruction: str
+    refused: bool
+    text: str
+    score: float | None = None  # log-odds when that labeller was used
+    cached: bool = False
+
+
+class LabelCache:
+    """Append-only JSONL cache of generations keyed by (model, prompt, settings)."""
+
+    def __init__(self, handle: ModelHandle, root: Path | None = None):
+        fp = handle.fingerprint()
+        tag = hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:16]
+        self.path = (root or cache_dir() / "labels") / f"{handle.spec.name.replace('/', '_')}-{tag}.jsonl"
+        self._data: dict[str, dict[str, Any]] | None = None
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def key(instruction: str, settings: dict[str, Any]) -> str:
+        return hashlib.sha256(json.dumps([instruction, settings], sort_keys=True).encode()).hexdigest()
+
+    def _load(self) -> dict[str, dict[str, Any]]:
+        if self._data is None:
+            self._data = {}
+            if self.path.is_file():
+                for line in self.path.read_text(encoding="utf-8").splitlines():
+                    try:
+                        row = json.loads(line)
+                        self._data[row["key"]] = row
+                    except (json.JSONDecodeError, KeyError, TypeError):
+                        continue  # a torn line from an interrupted run: ignore it
+        return self._data
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        row = self._load().get(key)
+        if row is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return row
+
+    def put_many(self, rows: list[dict[str, Any]]) -> None:
+        data = self._load()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with _FILE_LOCK, open(self.path, "a", encoding="utf-8") as f:
+            for row in rows:
+                data[row["key"]] = row
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def label_refusals(
+    handle: ModelHandle,
+    instructions: Sequence[str],
+    *,
+    labeller: str = "substring",
+    max_new_tokens: int = DEFAULT_LABEL_TOKENS,
+    batch_size: int = 16,
+    use_cache: bool = True,
+    early_stop: bool = True,
+    post_inst: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+    cache: LabelCache | None = None,
+) -> list[Label]:
+    """Label each instruction refused/accepted (see module docstring)."""
+    if labeller not in LABELLERS:
+        raise ValueError(f"labeller must be one of {LABELLERS}, not {labeller!r}")
+    if not instructions:
+        return []
+    if labeller == "logodds":
+        scores = refusal_logodds(handle, list(instructions), batch_size=batch_size)
+        if progress:
+            progress(len(instructions), len(instructions))
+        return [Label(i, bool(s > 0), "", float(s)) for i, s in zip(instructions, scores, strict=True)]
+    settings = {"max_new_tokens": max_new_tokens, "greedy": True, "early_stop": early_stop, "post_inst": post_inst, "v": 1}
+    cache = cache or (LabelCache(handle) if use_cache else None)
+    out: list[Label | None] = [None] * len(instructions)
+    todo: list[int] = []
+    for i, inst in enumerate(instructions):
+        row = cache.get(LabelCache.key(inst, settings)) if cache else None
+        if row is not None:
+            out[i] = Label(inst, bool(row["refused"]), row["text"], cached=True)
+        else:
+            todo.append(i)
+    n_cached = len(instructions) - len(todo)
+    if progress:
+        progress(n_cached, len(instructions))
+    if todo:
+        uniq = list(dict.fromkeys(instructions[i] for i in todo))
+        cfg = GenerationConfig(max_new_tokens=max_new_tokens, batch_size=batch_size)
+        by_inst: dict[str, str] = {}
+        # generate in chunks and write each chunk to the cache at once, so an interrupted run keeps its work
+        chunk = max(batch_size * 4, 1)
+        for c0 in range(0, len(uniq), chunk):
+            part = uniq[c0 : c0 + chunk]
+
+            def prog(done: int, total: int, c0: int = c0) -> None:
+                if progress:
+                    frac = (c0 + done) / max(len(uniq), 1)
+                    progress(n_cached + int(frac * len(todo)), len(instructions))
+
+            texts = generate(handle, part, None, cfg, stop_fn=refusal_decided if early_stop else None, progress=prog, post_inst=post_inst)
+            rows = []
+            for inst, text in zip(part, texts, strict=True):
+                by_inst[inst] = text
+                rows.append({"key": LabelCache.key(inst, settings), "refused": is_refusal(text), "text": text})
+            if cache:
+                cache.put_many(rows)
+        for i in todo:
+            t = by_inst[instructions[i]]
+            out[i] = Label(instructions[i], is_refusal(t), t)
+    return [x for x in out if x is not None]
+
+
+def agreement(a: Sequence[Label], b: Sequence[Label]) -> float:
+    """Share of prompts on which two labellings agree."""
+    if len(a) != len(b) or not a:
+        raise ValueError("labellings differ in length or are empty")
+    return float(np.mean([x.refused == y.refused for x, y in zip(a, b, strict=True)]))

@@ -1,0 +1,282 @@
+"""Precompute: labels, the four clusters, harmfulness / refusal / category directions, centroids, provenance.
+
+Contract:
+- ``precompute(handle, harmful, harmless, ...)`` labels every prompt with the full template (cached), captures
+  t_inst and t_post_inst, and builds, by difference of means (unnormalised unless asked):
+    * ``harmfulness`` = mean(refused harmful at t_inst) - mean(accepted harmless at t_inst)   (paper §3.2)
+    * ``refusal``     = mean(refused at t_post_inst) - mean(accepted at t_post_inst); by default refused harmful vs
+                        accepted harmless (the paper's default), ``refusal_pool="all"`` pools every refused vs every
+                        accepted prompt (harmless-sounding-harmful ones included)
+    * ``category:<name>`` = mean(harmful prompts of that category at t_inst) - mean(accepted harmless at t_inst)
+    * ``form:punctuation`` and ``form:question`` (confound checks; see REPRODUCTION.md)
+- Instructions are normalised (trailing punctuation and whitespace stripped) by default, recorded in provenance.
+- ``default_directions(handle)``: the shipped bundle for ``default`` (assets/directions/default.safetensors), else a
+  per-model bundle computed from the built-in train splits on first use and cached in the user cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import datasets as ds
+from .capture import capture
+from .directions import DirectionBundle, DirectionSet, layer_cosines
+from .labels import DEFAULT_LABEL_TOKENS, label_refusals
+from .models import ModelHandle, cache_dir
+from .storage import StorageError, load_bundle, make_provenance, save_bundle
+
+__all__ = [
+    "CLUSTERS",
+    "PrecomputeResult",
+    "builtin_sources",
+    "default_directions",
+    "precompute",
+    "shipped_directions_path",
+]
+
+CLUSTERS = ("refused_harmful", "accepted_harmful", "refused_harmless", "accepted_harmless")
+ASSET_DIRECTIONS = Path(__file__).resolve().parent.parent / "assets" / "directions"
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class PrecomputeResult:
+    bundle: DirectionBundle
+    records: list[dict[str, Any]]  # one per prompt: id, set, instruction, harmful, refused, cluster, category, split
+    acts: np.ndarray  # (n, 2, L+1, d) at (t_inst, t_post_inst)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def shipped_directions_path(name: str = "default") -> Path:
+    return ASSET_DIRECTIONS / f"{name}.safetensors"
+
+
+def _hash(items: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(items).encode()).hexdigest()[:16]
+
+
+def builtin_sources(split: str | None = "train") -> tuple[list[ds.PromptSet], list[ds.PromptSet]]:
+    """(harmful sets, harmless sets) of the built-in data for one split."""
+    harmful = [ds.load_builtin("harmful", split)]
+    harmless = [ds.load_builtin("harmless", split), ds.load_builtin("harmless_sounds_harmful", split)]
+    return harmful, harmless
+
+
+def _norm(text: str, normalize: bool) -> str:
+    if not normalize:
+        return text
+    out = ds.normalize_instruction(text)
+    return out or text
+
+
+def precompute(
+    handle: ModelHandle,
+    harmful: Sequence[ds.PromptSet],
+    harmless: Sequence[ds.PromptSet],
+    *,
+    normalize: bool = True,
+    normalize_directions: bool = False,
+    labeller: str = "substring",
+    label_tokens: int = DEFAULT_LABEL_TOKENS,
+    refusal_pool: str = "default",
+    batch_size: int = 16,
+    min_category: int = 4,
+    allow_fallback: bool = True,
+    progress: Progress | None = None,
+) -> PrecomputeResult:
+    """Label, cluster and build every direction (see module docstring)."""
+    if refusal_pool not in ("default", "all"):
+        raise ValueError("refusal_pool must be 'default' or 'all'")
+    t0 = time.perf_counter()
+    records: list[dict[str, Any]] = []
+    for harm, sets in ((True, harmful), (False, harmless)):
+        for ps in sets:
+            for it in ps.items:
+                records.append(
+                    {
+                        "id": it.id,
+                        "set": ps.name,
+                        "raw": it.instruction,
+                        "instruction": _norm(it.instruction, normalize),
+                        "harmful": harm,
+                        "category": it.category,
+                        "split": it.split,
+                    }
+                )
+    if not any(r["harmful"] for r in records) or all(r["harmful"] for r in records):
+        raise ValueError("precompute needs at least one harmful and one harmless prompt")
+    insts = [r["instruction"] for r in records]
+
+    def stage(name: str) -> Callable[[int, int], None]:
+        return lambda d, t: progress(name, d, t) if progress else None
+
+    labels = label_refusals(handle, insts, labeller=labeller, max_new_tokens=label_tokens, batch_size=batch_size, progress=stage("labelling"))
+    for r, lab in zip(records, labels, strict=True):
+        r["refused"] = lab.refused
+        r["response"] = lab.text
+        r["cluster"] = f"{'refused' if lab.refused else 'accepted'}_{'harmful' if r['harmful'] else 'harmless'}"
+    t_label = time.perf_counter() - t0
+    acts_set = capture(handle, insts, ("t_inst", "t_post_inst"), batch_size=batch_size, progress=stage("capturing"))
+    acts = acts_set.acts
+    a_inst, a_post = acts[:, 0], acts[:, 1]
+
+    def mask(pred: Callable[[dict[str, Any]], bool]) -> np.ndarray:
+        return np.array([pred(r) for r in records], dtype=bool)
+
+    rh = mask(lambda r: r["harmful"] and r["refused"])
+    ah_l = mask(lambda r: not r["harmful"] and not r["refused"])
+    fallback = []
+    if rh.sum() == 0:
+        if not allow_fallback:
+            raise ValueError("the model refused none of the harmful prompts, so there is no refused-harmful cluster; use more or other harmful prompts")
+        rh = mask(lambda r: r["harmful"])
+        fallback.append("no refused-harmful prompt: the harmful side uses every harmful prompt")
+    if ah_l.sum() == 0:
+        if not allow_fallback:
+            raise ValueError("the model refused every harmless prompt, so there is no accepted-harmless cluster")
+        ah_l = mask(lambda r: not r["harmful"])
+        fallback.append("no accepted-harmless prompt: the harmless side uses every harmless prompt")
+    data_prov = {
+        "harmful": [ps.provenance() for ps in harmful],
+        "harmless": [ps.provenance() for ps in harmless],
+        "normalized_instructions": normalize,
+        "labeller": labeller,
+        "label_max_new_tokens": label_tokens,
+    }
+    dirs: dict[str, DirectionSet] = {}
+    dirs["harmfulness"] = DirectionSet.from_diff_of_means(
+        "harmfulness", a_inst[rh], a_inst[ah_l], position="t_inst", normalize=normalize_directions,
+        meta={"pos": "refused_harmful", "neg": "accepted_harmless"},
+    )
+    if refusal_pool == "all":
+        ref, acc = mask(lambda r: r["refused"]), mask(lambda r: not r["refused"])
+        pos_name, neg_name = "refused (all)", "accepted (all)"
+    else:
+        ref, acc = rh, ah_l
+        pos_name, neg_name = "refused_harmful", "accepted_harmless"
+    dirs["refusal"] = DirectionSet.from_diff_of_means(
+        "refusal", a_post[ref], a_post[acc], position="t_post_inst", normalize=normalize_directions,
+        meta={"pos": pos_name, "neg": neg_name},
+    )
+    # cluster centroids at both positions, for the scatter, clusters and guard pages
+    for pos_i, pos_name_ in ((0, "t_inst"), (1, "t_post_inst")):
+        for c in CLUSTERS:
+            m = mask(lambda r, c=c: r["cluster"] == c)
+            if m.sum():
+                mu = acts[m, pos_i].mean(0)
+                dirs[f"centroid:{c}:{pos_name_}"] = DirectionSet(
+                    name=f"centroid:{c}:{pos_name_}", vectors=mu, position=pos_name_, n_pos=int(m.sum()), meta={"kind": "centroid"}
+                )
+    cats = Counter(r["category"] for r in records if r["harmful"] and r["category"])
+    for cat, n in sorted(cats.items()):
+        if n < min_category:
+            continue
+        m = mask(lambda r, cat=cat: r["harmful"] and r["category"] == cat)
+        dirs[f"category:{cat}"] = DirectionSet.from_diff_of_means(
+            f"category:{cat}", a_inst[m], a_inst[ah_l], position="t_inst", normalize=normalize_directions,
+            meta={"pos": f"harmful/{cat}", "neg": "accepted_harmless"},
+        )
+    # form confound checks, on the harmless prompts only: the same prompts with and without a trailing period / '?'
+    form = _form_directions(handle, [r["raw"] for r in records if not r["harmful"]], batch_size)
+    dirs.update(form)
+    counts = Counter(r["cluster"] for r in records)
+    bundle = DirectionBundle(
+        directions=dirs,
+        provenance=make_provenance(
+            handle,
+            positions={"harmfulness": "t_inst", "refusal": "t_post_inst"},
+            data=data_prov,
+            clusters=dict(counts),
+            refusal_pool=refusal_pool,
+            cluster_fallback=fallback,
+            normalized_directions=normalize_directions,
+            coefficients_note="directions are raw differences of means (paper scale)" if not normalize_directions else "unit norm per layer",
+        ),
+    )
+    cos_hr = layer_cosines(dirs["harmfulness"], dirs["refusal"])
+    summary = {
+        "model": handle.spec.name,
+        "n_prompts": len(records),
+        "clusters": {c: int(counts.get(c, 0)) for c in CLUSTERS},
+        "refusal_rate": {
+            "harmful": float(np.mean([r["refused"] for r in records if r["harmful"]])),
+            "harmless": float(np.mean([r["refused"] for r in records if not r["harmful"]])),
+        },
+        "norms": {k: [round(float(x), 4) for x in dirs[k].norms()] for k in ("harmfulness", "refusal")},
+        "cosine_harmfulness_refusal": [round(float(x), 4) for x in cos_hr],
+        "confound_cosine": {k: [round(float(x), 4) for x in layer_cosines(dirs["harmfulness"], v)] for k, v in form.items()},
+        "cluster_fallback": fallback,
+        "categories": sorted(k.split(":", 1)[1] for k in dirs if k.startswith("category:")),
+        "seconds": {"labelling": round(t_label, 1), "total": round(time.perf_counter() - t0, 1)},
+    }
+    bundle.provenance["summary"] = {k: summary[k] for k in ("clusters", "refusal_rate", "n_prompts")}
+    return PrecomputeResult(bundle=bundle, records=records, acts=acts, summary=summary)
+
+
+def _form_directions(handle: ModelHandle, harmless_raw: Sequence[str], batch_size: int) -> dict[str, DirectionSet]:
+    bare = [ds.normalize_instruction(t) or t for t in harmless_raw]
+    bare = [b for b in bare if b][:80]
+    if len(bare) < 4:
+        return {}
+    with_period = [b + "." for b in bare]
+    as_question = [b + "?" for b in bare]
+    acts = capture(handle, bare + with_period + as_question, ("t_inst",), batch_size=batch_size).at("t_inst")
+    n = len(bare)
+    a_bare, a_per, a_q = acts[:n], acts[n : 2 * n], acts[2 * n :]
+    return {
+        "form:punctuation": DirectionSet.from_diff_of_means("form:punctuation", a_per, a_bare, meta={"pos": "with '.'", "neg": "no trailing punctuation"}),
+        "form:question": DirectionSet.from_diff_of_means("form:question", a_q, a_per, meta={"pos": "ending '?'", "neg": "ending '.'"}),
+    }
+
+
+def save_result(result: PrecomputeResult, out_dir: Path, name: str) -> dict[str, str]:
+    """Write the bundle (safetensors + JSON) and the labelled records (JSON) under ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = save_bundle(result.bundle, out_dir / f"{name}.safetensors")
+    rec_path = out_dir / f"{name}.labels.json"
+    keep = ("id", "set", "instruction", "harmful", "category", "split", "refused", "cluster", "response")
+    rec_path.write_text(json.dumps([{k: r[k] for k in keep} for r in result.records], ensure_ascii=False, indent=0))
+    (out_dir / f"{name}.summary.json").write_text(json.dumps(result.summary, indent=1))
+    return {"directions": str(path), "sidecar": str(path.with_suffix(".json")), "labels": str(rec_path)}
+
+
+def default_directions(handle: ModelHandle, *, progress: Progress | None = None, compute: bool = True) -> DirectionBundle:
+    """The model's precomputed bundle: shipped for ``default``, else computed from the built-in sets and cached."""
+    shipped = shipped_directions_path(handle.spec.name) if handle.spec.name in ("default",) else None
+    if shipped is not None and shipped.is_file():
+        return load_bundle(shipped, handle)
+    safe = hashlib.sha256(json.dumps(handle.fingerprint(), sort_keys=True).encode()).hexdigest()[:16]
+    cached = cache_dir() / "directions" / f"{handle.spec.name.replace('/', '_')}-{safe}.safetensors"
+    if cached.is_file():
+        try:
+            return load_bundle(cached, handle)
+        except StorageError:
+            cached.unlink(missing_ok=True)
+    if not compute:
+        raise StorageError(
+            f"no precomputed directions for {handle.spec.name}; run `python -m engine precompute --model {handle.spec.name}` "
+            "or pass --directions FILE"
+        )
+    harmful, harmless = builtin_sources("train")
+    result = precompute(handle, harmful, harmless, progress=progress)
+    save_result(result, cached.parent, cached.stem)
+    return result.bundle
+
+
+def load_records(handle: ModelHandle) -> list[dict[str, Any]] | None:
+    """Labelled records saved beside the model's bundle (shipped or cached), if any."""
+    for p in (ASSET_DIRECTIONS / f"{handle.spec.name}.labels.json",):
+        if handle.spec.name == "default" and p.is_file():
+            return json.loads(p.read_text())
+    safe = hashlib.sha256(json.dumps(handle.fingerprint(), sort_keys=True).encode()).hexdigest()[:16]
+    p = cache_dir() / "directions" / f"{handle.spec.name.replace('/', '_')}-{safe}.labels.json"
+    return json.loads(p.read_text()) if p.is_file() else None

@@ -1,0 +1,183 @@
+"""Saving and loading direction bundles: safetensors + JSON provenance. No pickle anywhere.
+
+Contract:
+- ``save_bundle(bundle, path)`` writes ``path`` (``.safetensors``; tensors ``{name}/vectors``,
+  ``{name}/pos_centroid``, ``{name}/neg_centroid``) with the provenance JSON embedded in the safetensors metadata
+  and also written beside it as ``path.with_suffix('.json')``. Writes are atomic (temp file + rename).
+- ``load_bundle(path, handle=None)`` reads it back; with a handle, a file made for another model (depth, width,
+  weights or chat template) fails with :class:`StorageError` that says what to do.
+- Provenance: model id, weights hash, chat-template hash, layer convention, positions, data sets (names, hashes,
+  counts), normalisation, date, engine version.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .capture import LAYER_CONVENTION
+from .directions import DirectionBundle, DirectionSet
+
+__all__ = ["FORMAT", "StorageError", "bundle_from_bytes", "bundle_to_bytes", "check_compatible", "load_bundle", "make_provenance", "save_bundle"]
+
+FORMAT = "steering-explorer/directions-v1"
+META_KEY = "steering_explorer"
+
+
+class StorageError(ValueError):
+    """A directions file is malformed or belongs to another model."""
+
+
+def engine_version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def make_provenance(handle: Any, **extra: Any) -> dict[str, Any]:
+    prov = {
+        "format": FORMAT,
+        "engine_version": engine_version(),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "layer_convention": LAYER_CONVENTION,
+        **handle.fingerprint(),
+    }
+    prov.update(extra)
+    return prov
+
+
+def _tensors(bundle: DirectionBundle) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    tensors: dict[str, np.ndarray] = {}
+    meta: dict[str, Any] = {}
+    for name, d in bundle.directions.items():
+        if "/" in name:
+            raise StorageError(f"direction name {name!r} may not contain '/'")
+        tensors[f"{name}/vectors"] = np.ascontiguousarray(d.vectors, dtype=np.float32)
+        if d.pos_centroid is not None:
+            tensors[f"{name}/pos_centroid"] = np.ascontiguousarray(d.pos_centroid, dtype=np.float32)
+        if d.neg_centroid is not None:
+            tensors[f"{name}/neg_centroid"] = np.ascontiguousarray(d.neg_centroid, dtype=np.float32)
+        meta[name] = {"position": d.position, "n_pos": d.n_pos, "n_neg": d.n_neg, "normalized": d.normalized, "meta": d.meta}
+    return tensors, meta
+
+
+def bundle_to_bytes(bundle: DirectionBundle) -> bytes:
+    from safetensors.numpy import save
+
+    tensors, meta = _tensors(bundle)
+    doc = {"format": FORMAT, "provenance": bundle.provenance, "directions": meta}
+    return save(tensors, metadata={META_KEY: json.dumps(doc, default=str)})
+
+
+def save_bundle(bundle: DirectionBundle, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        path = path.with_suffix(".safetensors")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = bundle_to_bytes(bundle)
+    _atomic_write(path, data)
+    side = {"format": FORMAT, "provenance": bundle.provenance, "summary": bundle.summary()}
+    _atomic_write(path.with_suffix(".json"), json.dumps(side, indent=1, default=str).encode())
+    return path
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def bundle_from_bytes(data: bytes, *, source: str = "upload") -> DirectionBundle:
+    """Parse a safetensors file's bytes (never pickle). Raises StorageError on anything malformed."""
+    from safetensors import safe_open
+    from safetensors.numpy import load
+
+    if not isinstance(data, (bytes, bytearray)) or len(data) < 16:
+        raise StorageError(f"{source}: not a safetensors file (too short)")
+    try:
+        tensors = load(bytes(data))
+        with tempfile.NamedTemporaryFile(suffix=".safetensors") as tmp:
+            tmp.write(data)
+            tmp.flush()
+            with safe_open(tmp.name, framework="numpy") as f:
+                md = f.metadata() or {}
+    except Exception as exc:  # safetensors raises several types on bad headers
+        raise StorageError(f"{source}: not a valid safetensors file ({exc})") from exc
+    if META_KEY not in md:
+        raise StorageError(f"{source}: a safetensors file, but not a steering-explorer directions file (no provenance)")
+    try:
+        doc = json.loads(md[META_KEY])
+    except json.JSONDecodeError as exc:
+        raise StorageError(f"{source}: provenance metadata is not valid JSON") from exc
+    if doc.get("format") != FORMAT:
+        raise StorageError(f"{source}: unsupported format {doc.get('format')!r}; expected {FORMAT}")
+    dirs: dict[str, DirectionSet] = {}
+    shape = None
+    for name, m in (doc.get("directions") or {}).items():
+        key = f"{name}/vectors"
+        if key not in tensors:
+            raise StorageError(f"{source}: direction {name!r} has no vectors")
+        v = tensors[key]
+        if v.ndim != 2 or (shape is not None and v.shape != shape):
+            raise StorageError(f"{source}: direction {name!r} has shape {v.shape}, expected (L+1, d) like the others")
+        shape = v.shape
+        if not np.isfinite(v).all():
+            raise StorageError(f"{source}: direction {name!r} contains NaN or inf")
+        dirs[name] = DirectionSet(
+            name=name,
+            vectors=v,
+            position=m.get("position", "t_inst"),
+            pos_centroid=tensors.get(f"{name}/pos_centroid"),
+            neg_centroid=tensors.get(f"{name}/neg_centroid"),
+            n_pos=int(m.get("n_pos", 0)),
+            n_neg=int(m.get("n_neg", 0)),
+            normalized=bool(m.get("normalized", False)),
+            meta=m.get("meta") or {},
+        )
+    if not dirs:
+        raise StorageError(f"{source}: the file holds no directions")
+    return DirectionBundle(directions=dirs, provenance=doc.get("provenance") or {})
+
+
+def load_bundle(path: str | os.PathLike, handle: Any = None, *, strict_weights: bool = False) -> DirectionBundle:
+    path = Path(path)
+    if not path.is_file():
+        raise StorageError(f"directions file not found: {path}")
+    bundle = bundle_from_bytes(path.read_bytes(), source=str(path))
+    if handle is not None:
+        check_compatible(bundle, handle, strict_weights=strict_weights)
+    return bundle
+
+
+def check_compatible(bundle: DirectionBundle, handle: Any, *, strict_weights: bool = False) -> None:
+    """Refuse directions computed for another model (depth, width, chat template; weights when strict)."""
+    prov = bundle.provenance
+    made_for = prov.get("model_id", "an unknown model")
+    fix = f"recompute them with `python -m engine precompute --model {handle.spec.name}`"
+    if bundle.n_rows != handle.n_rows or bundle.hidden_size != handle.hidden_size:
+        raise StorageError(
+            f"these directions are {bundle.n_rows} rows x {bundle.hidden_size} wide (made for {made_for}), but "
+            f"{handle.model_id} has {handle.n_rows} rows (L+1) x {handle.hidden_size}; {fix}"
+        )
+    th = prov.get("template_hash")
+    if th and th != handle.template_hash:
+        raise StorageError(f"these directions were made with another chat template (made for {made_for}); {fix}")
+    wh = prov.get("weights_hash")
+    if strict_weights and wh and wh != handle.weights_hash:
+        raise StorageError(f"these directions were made for other weights ({made_for}); {fix}")
+
+
+def to_buffer(bundle: DirectionBundle) -> io.BytesIO:
+    return io.BytesIO(bundle_to_bytes(bundle))

@@ -1,0 +1,207 @@
+"""Directions: norms, cosines across layers, provenance, download / upload, recompute from prompt files."""
+
+from __future__ import annotations
+
+import json
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from engine import service as svc
+from pages import _common as common
+
+common.page_header(
+    "Directions",
+    "the harmfulness direction (refused harmful − accepted harmless at t_inst) and the refusal direction (the same "
+    "contrast at t_post_inst) are different directions: their cosine stays well below 1 across layers, while "
+    "category directions (per harm type) are close to the harmfulness direction.",
+    "the harmfulness-vs-refusal cosine per layer, and the block structure of the cosine matrix at the middle layer.",
+)
+ctx = common.require_model()
+bundle = ctx.bundle
+L = ctx.handle.n_layers
+prov = bundle.provenance
+names = svc.steerable_directions(bundle)
+
+# ------------------------------------------------------------------------------------------------ provenance card
+with st.container(border=True):
+    st.markdown(f"**Active directions:** {ctx.source}")
+    summ = prov.get("summary") or {}
+    data = prov.get("data") or {}
+    c = st.columns(4)
+    c[0].metric("Model", str(prov.get("model_id", "?"))[:28])
+    c[1].metric("Rows (L+1) × width", f"{bundle.n_rows} × {bundle.hidden_size}")
+    c[2].metric("Prompts", summ.get("n_prompts", "–"))
+    c[3].metric("Directions", len(names))
+    lines = []
+    if prov.get("created"):
+        lines.append(f"created {prov['created']}")
+    if prov.get("engine_version"):
+        lines.append(f"engine {prov['engine_version']}")
+    if data.get("labeller"):
+        lines.append(f"labels: {data['labeller']} ({data.get('label_max_new_tokens', '?')} tokens, greedy)")
+    if prov.get("positions"):
+        lines.append("positions: " + ", ".join(f"{k} at {v}" for k, v in prov["positions"].items()))
+    if prov.get("coefficients_note"):
+        lines.append(str(prov["coefficients_note"]))
+    st.caption(" · ".join(lines))
+    if summ.get("clusters"):
+        st.caption("Clusters: " + ", ".join(f"{svc.CLUSTER_LABELS.get(k, k)} {v}" for k, v in summ["clusters"].items()))
+    for w in prov.get("cluster_fallback") or []:
+        st.warning(w)
+    with st.expander("Full provenance (JSON)"):
+        st.json(json.loads(svc.provenance_json(bundle)), expanded=1)
+    d1, d2, d3 = st.columns([1, 1, 2])
+    stem = f"directions-{ctx.spec.name.replace('/', '_')}"
+    with common.errors_shown():
+        d1.download_button(
+            "Download .safetensors",
+            svc.bundle_bytes(bundle),
+            file_name=f"{stem}.safetensors",
+            mime="application/octet-stream",
+            icon=":material/download:",
+            key="dir_dl",
+        )
+        d2.download_button(
+            "Provenance .json",
+            svc.provenance_json(bundle),
+            file_name=f"{stem}.json",
+            mime="application/json",
+            key="dir_dl_json",
+        )
+    if st.session_state.get(common.OVERRIDE_KEY) and d3.button(
+        "Back to the model's default directions", key="dir_reset"
+    ):
+        common.clear_override()
+        st.rerun()
+
+# ------------------------------------------------------------------------------------------------ charts
+left, right = st.columns(2)
+with left:
+    st.subheader("Norm per layer")
+    chosen = st.multiselect(
+        "Directions", names, default=[n for n in ("harmfulness", "refusal") if n in names], key="dir_norm_names"
+    )
+    if chosen:
+        nf = svc.norms_frame(bundle, chosen)
+        st.altair_chart(
+            alt.Chart(nf)
+            .mark_line(point=True)
+            .encode(
+                x=alt.X("layer:Q", title="layer (captured row)"),
+                y=alt.Y("norm:Q", title="‖v_l‖"),
+                color=alt.Color("direction:N", legend=alt.Legend(orient="bottom", title=None)),
+                tooltip=["direction:N", "layer:Q", alt.Tooltip("norm:Q", format=".3f")],
+            )
+            .properties(height=300),
+            width="stretch",
+        )
+with right:
+    st.subheader("Harmfulness vs refusal, per layer")
+    if "harmfulness" in names and "refusal" in names:
+        cf = svc.cosine_across_layers(bundle, "harmfulness", "refusal")
+        st.altair_chart(
+            alt.Chart(cf)
+            .mark_line(point=True, color="#8e44ad")
+            .encode(
+                x=alt.X("layer:Q", title="layer (captured row)"),
+                y=alt.Y("cosine:Q", title="cos(harmfulness, refusal)", scale=alt.Scale(domain=[-1, 1])),
+                tooltip=["layer:Q", alt.Tooltip("cosine:Q", format="+.3f")],
+            )
+            .properties(height=300),
+            width="stretch",
+        )
+    else:
+        st.info("This bundle lacks a harmfulness or a refusal direction.")
+
+st.subheader("Cosine matrix at one layer")
+layer = st.slider("Layer", 0, L, svc.default_layer(L), key="dir_layer")
+cm_names = [n for n in names if not n.startswith("form:")] + [n for n in names if n.startswith("form:")]
+with common.errors_shown():
+    cm = svc.cosine_matrix(bundle, cm_names, layer)
+    heat = alt.Chart(cm).encode(
+        x=alt.X("b:N", sort=cm_names, title=None, axis=alt.Axis(labelAngle=-45)),
+        y=alt.Y("a:N", sort=cm_names, title=None),
+    )
+    st.altair_chart(
+        (
+            heat.mark_rect().encode(
+                color=alt.Color("cosine:Q", scale=alt.Scale(domain=[-1, 1], scheme="redblue", reverse=True)),
+                tooltip=["a:N", "b:N", alt.Tooltip("cosine:Q", format="+.3f")],
+            )
+            + heat.mark_text(fontSize=9).encode(
+                text=alt.Text("cosine:Q", format=".2f"),
+                color=alt.condition("abs(datum.cosine) > 0.6", alt.value("white"), alt.value("black")),
+            )
+        ).properties(height=max(260, 24 * len(cm_names)), title=f"cosine between directions at row {layer}"),
+        width="stretch",
+    )
+    st.caption(
+        "form:punctuation / form:question are confound checks: directions for a trailing '.' or '?' on harmless prompts."
+    )
+
+# ------------------------------------------------------------------------------------------------ upload / recompute
+st.subheader("Use other directions")
+u1, u2 = st.columns(2)
+with u1, st.container(border=True):
+    st.markdown("**Upload a directions file** (.safetensors saved by this app or `python -m engine precompute`)")
+    up = st.file_uploader("Directions file", type=["safetensors"], key="dir_upload", label_visibility="collapsed")
+    if up is not None:
+        with common.errors_shown():
+            b = svc.read_bundle_upload(up.getvalue(), ctx.handle, source=up.name)
+            st.success(
+                f"{up.name}: {len(svc.steerable_directions(b))} directions made for "
+                f"{b.provenance.get('model_id', 'an unknown model')}; they fit this model."
+            )
+            if st.button("Use these directions", key="dir_use"):
+                common.set_override(ctx.spec, b, f"uploaded file {up.name}")
+                common.log_event("Directions", f"uploaded {up.name}", summary={"directions": len(b.directions)})
+                st.rerun()
+with u2, st.container(border=True):
+    st.markdown("**Recompute from prompt files** (CSV / JSONL / JSON / TXT; labels come from greedy replies)")
+    harm = st.file_uploader(
+        "Harmful prompts", type=["csv", "jsonl", "json", "txt"], accept_multiple_files=True, key="dir_harmful"
+    )
+    harmless = st.file_uploader(
+        "Harmless prompts", type=["csv", "jsonl", "json", "txt"], accept_multiple_files=True, key="dir_harmless"
+    )
+    col = st.text_input("Text column (blank: detect)", "", key="dir_column")
+    if st.button("Recompute", type="primary", key="dir_recompute"):
+        with common.errors_shown():
+            hs = [svc.read_prompt_upload(f.name, f.getvalue(), column=col or None, kind="harmful") for f in harm or []]
+            ls = [
+                svc.read_prompt_upload(f.name, f.getvalue(), column=col or None, kind="harmless")
+                for f in harmless or []
+            ]
+            for ps in hs + ls:
+                if ps.skipped:
+                    st.warning(
+                        f"{ps.name}: skipped {len(ps.skipped)} malformed row(s), e.g. row {ps.skipped[0].row}: {ps.skipped[0].reason}"
+                    )
+            with st.status("Recomputing directions …", expanded=True) as status:
+                result = svc.recompute_directions(
+                    ctx.handle, hs, ls, progress=common.progress_reporter(st, "Recomputing")
+                )
+                status.update(label="Recomputed", state="complete", expanded=False)
+            src = "recomputed from " + ", ".join(p.name for p in hs + ls)
+            common.set_override(ctx.spec, result.bundle, src)
+            st.session_state["dir_recompute_summary"] = result.summary
+            common.log_event(
+                "Directions", src, summary={k: result.summary[k] for k in ("clusters", "refusal_rate", "n_prompts")}
+            )
+            st.rerun()
+    if st.session_state.get("dir_recompute_summary"):
+        s = st.session_state["dir_recompute_summary"]
+        st.caption(
+            f"Last recompute: {s['n_prompts']} prompts; refusal rate harmful {s['refusal_rate']['harmful']:.0%}, "
+            f"harmless {s['refusal_rate']['harmless']:.0%}; clusters {s['clusters']}"
+        )
+        if s.get("cluster_fallback"):
+            st.warning("; ".join(s["cluster_fallback"]))
+
+with st.expander("Per-layer table"):
+    st.dataframe(
+        pd.DataFrame(svc.norms_frame(bundle, names).pivot(index="layer", columns="direction", values="norm")),
+        width="stretch",
+    )

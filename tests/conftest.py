@@ -1,0 +1,112 @@
+"""Shared test setup.
+
+- Markers ``integration`` (the real default model) and ``browser`` (headless Chromium) are registered here so that
+  ``-m "not integration and not browser"`` works without a pyproject.
+- Every test runs with ``STEERING_EXPLORER_CACHE`` pointing at a per-session temporary folder, so no test writes to
+  the user's cache, except integration tests: they use the real cache (the default model is assembled and
+  dequantised once, about a minute, and then loaded from there), through the ``real_cache`` fixture.
+- Torch runs single-threaded (``STEERING_EXPLORER_TEST_THREADS`` overrides): on a shared 2-core machine, OpenMP
+  threads spinning against other processes make the tiny model ~50x slower.
+- ``tiny`` is the session-wide seeded ``tiny-random`` handle (3 blocks, hidden 64). Tests must not mutate it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+_THREADS = os.environ.get("STEERING_EXPLORER_TEST_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", _THREADS)
+
+import pytest  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # allow running without an installed package
+    sys.path.insert(0, str(ROOT))
+
+CACHE_ENV = "STEERING_EXPLORER_CACHE"
+_REAL_CACHE: str | None = os.environ.get(CACHE_ENV)
+_TMP_CACHE: Path | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _TMP_CACHE
+    config.addinivalue_line("markers", "integration: uses the real default model (slow; loads ~0.5B parameters)")
+    config.addinivalue_line("markers", "browser: drives the app in a headless browser")
+    if _TMP_CACHE is None:
+        _TMP_CACHE = Path(tempfile.mkdtemp(prefix="steering-explorer-test-cache-"))
+        # set at configure time so subprocesses (app / browser tests) inherit it as well
+        os.environ[CACHE_ENV] = str(_TMP_CACHE)
+    import torch
+
+    torch.set_num_threads(int(_THREADS))
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    global _TMP_CACHE
+    if _TMP_CACHE is not None:
+        shutil.rmtree(_TMP_CACHE, ignore_errors=True)
+        _TMP_CACHE = None
+    if _REAL_CACHE is None:
+        os.environ.pop(CACHE_ENV, None)
+    else:
+        os.environ[CACHE_ENV] = _REAL_CACHE
+
+
+def _use_real_cache(mp: pytest.MonkeyPatch) -> None:
+    if _REAL_CACHE is None:
+        mp.delenv(CACHE_ENV, raising=False)
+    else:
+        mp.setenv(CACHE_ENV, _REAL_CACHE)
+
+
+@pytest.fixture(autouse=True)
+def _cache_env(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unit tests: the session's temporary cache. Integration tests: the user's real cache."""
+    if request.node.get_closest_marker("integration"):
+        _use_real_cache(monkeypatch)
+    elif _TMP_CACHE is not None:
+        monkeypatch.setenv(CACHE_ENV, str(_TMP_CACHE))
+
+
+@pytest.fixture(scope="module")
+def real_cache():
+    """The user's real cache folder for module-scoped fixtures of integration tests (undone afterwards)."""
+    with pytest.MonkeyPatch.context() as mp:
+        _use_real_cache(mp)
+        yield os.environ.get(CACHE_ENV)
+
+
+@pytest.fixture(scope="session")
+def test_cache_dir() -> Path:
+    assert _TMP_CACHE is not None
+    return _TMP_CACHE
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """The seeded tiny-random handle, shared by the session (do not mutate)."""
+    from engine.models import load_model
+
+    return load_model("tiny-random")
+
+
+def _hook_counts(handle) -> list[tuple[int, int]]:
+    return [(len(b._forward_pre_hooks), len(b._forward_hooks)) for b in handle.layers]
+
+
+@pytest.fixture(scope="session")
+def hook_counts():
+    """A function: handle -> [(forward pre-hooks, forward hooks)] for every decoder block."""
+    return _hook_counts
+
+
+@pytest.fixture
+def no_hook_leak(tiny):
+    """Asserts the test leaves exactly the hooks it found on the tiny model's blocks."""
+    before = _hook_counts(tiny)
+    yield
+    assert _hook_counts(tiny) == before, "a test left hooks registered on the shared model"

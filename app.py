@@ -2,7 +2,10 @@
 
 Run with ``streamlit run app.py`` (``make run``). ``$STEERING_EXPLORER_MODEL`` picks the model at start
 (``default``: Qwen2.5-Coder-0.5B-Instruct; ``tiny-random``: a random 3-block model for smoke tests).
-Pages live in ``pages/``; they call ``engine.service`` only (no torch code in pages).
+Pages live in ``app_pages/`` and call ``engine.service`` only (no torch code in pages). The folder is deliberately
+not named ``pages/``: Streamlit treats a ``pages/`` folder next to the entrypoint as the old directory-based
+navigation, so a fresh server's first deep link (e.g. /inspect) would run the page without this frame, list helper
+modules as pages, and drop the first session's seeded widget values.
 """
 
 from __future__ import annotations
@@ -16,20 +19,20 @@ ROOT = str(Path(__file__).resolve().parent)
 if ROOT not in sys.path:  # `streamlit run` adds it; AppTest and other runners may not
     sys.path.insert(0, ROOT)
 
+from app_pages import _common as common  # noqa: E402
 from engine import service as svc  # noqa: E402
 from engine.models import REGISTRY, ModelSpec  # noqa: E402
-from pages import _common as common  # noqa: E402
 
 st.set_page_config(page_title="steering-explorer", page_icon=":material/explore:", layout="wide")
 
 PAGES = [
-    st.Page("pages/steer.py", title="Steer", icon=":material/tune:", default=True),
-    st.Page("pages/clusters.py", title="Clusters", icon=":material/scatter_plot:"),
-    st.Page("pages/inspect.py", title="Inspect", icon=":material/search:"),
-    st.Page("pages/guard.py", title="Latent Guard", icon=":material/shield:"),
-    st.Page("pages/directions.py", title="Directions", icon=":material/north_east:"),
-    st.Page("pages/experiments.py", title="Experiments", icon=":material/science:"),
-    st.Page("pages/report.py", title="Report", icon=":material/description:"),
+    st.Page("app_pages/steer.py", title="Steer", icon=":material/tune:", default=True),
+    st.Page("app_pages/clusters.py", title="Clusters", icon=":material/scatter_plot:"),
+    st.Page("app_pages/inspect.py", title="Inspect", icon=":material/search:"),
+    st.Page("app_pages/guard.py", title="Latent Guard", icon=":material/shield:"),
+    st.Page("app_pages/directions.py", title="Directions", icon=":material/north_east:"),
+    st.Page("app_pages/experiments.py", title="Experiments", icon=":material/science:"),
+    st.Page("app_pages/report.py", title="Report", icon=":material/description:"),
 ]
 OTHER = "other (Hugging Face id or local folder)"
 DEVICES = ["auto", "cpu", "cuda", "mps"]
@@ -40,12 +43,11 @@ def _model_picker() -> ModelSpec | None:
     env = svc.default_model_name()
     presets = list(REGISTRY)
     options = [*presets, OTHER]
-    if "model_choice" not in st.session_state:
-        st.session_state["model_choice"] = env if env in presets else OTHER
-        st.session_state["model_custom"] = "" if env in presets else env
+    # Initial values go through index=/value= (not by seeding st.session_state): robust across reruns.
     choice = st.selectbox(
         "Model",
         options,
+        index=options.index(env) if env in presets else len(presets),
         key="model_choice",
         format_func=lambda o: {
             "default": "default · Qwen2.5-Coder-0.5B-Instruct",
@@ -57,7 +59,10 @@ def _model_picker() -> ModelSpec | None:
     name = choice
     if choice == OTHER:
         name = st.text_input(
-            "Hugging Face id or local folder", key="model_custom", placeholder="Qwen/Qwen2.5-1.5B-Instruct"
+            "Hugging Face id or local folder",
+            value="" if env in presets else env,
+            key="model_custom",
+            placeholder="Qwen/Qwen2.5-1.5B-Instruct",
         ).strip()
         if not name:
             st.info("Type a model id or folder, then press Enter.")

@@ -87,7 +87,14 @@ def bench_hooks(h: Any, repeats: int) -> dict[str, Any]:
     for _ in range(repeats):
         tb += timeit(bare, 1, 0)
         tc += timeit(hooked, 1, 0)
-    return {"batch": len(prompts), "seq": ids.shape[1], "bare_s": med(tb), "capture_s": med(tc), "ratio": med(tc) / med(tb), "target": "<= 1.02"}
+    return {
+        "batch": len(prompts),
+        "seq": ids.shape[1],
+        "bare_s": med(tb),
+        "capture_s": med(tc),
+        "ratio": med(tc) / med(tb),
+        "target": "<= 1.02",
+    }
 
 
 @torch.no_grad()
@@ -98,7 +105,13 @@ def bench_decode(h: Any, repeats: int, new_tokens: int = 48) -> dict[str, Any]:
     spec = SteeringSpec(v, (h.n_layers // 2,), 1.0, "prompt")
 
     def run(steered: bool) -> None:
-        kw = {"input_ids": ids, "attention_mask": mask, "max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "do_sample": False}
+        kw = {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "max_new_tokens": new_tokens,
+            "min_new_tokens": new_tokens,
+            "do_sample": False,
+        }
         with h.lock:
             if steered:
                 with steer(h, [spec], p, pads):
@@ -113,7 +126,13 @@ def bench_decode(h: Any, repeats: int, new_tokens: int = 48) -> dict[str, Any]:
         tu += timeit(lambda: run(False), 1, 0)
         ts += timeit(lambda: run(True), 1, 0)
     tps_u, tps_s = new_tokens / med(tu), new_tokens / med(ts)
-    return {"new_tokens": new_tokens, "unsteered_tok_s": tps_u, "steered_tok_s": tps_s, "ratio": tps_s / tps_u, "target": ">= 0.97"}
+    return {
+        "new_tokens": new_tokens,
+        "unsteered_tok_s": tps_u,
+        "steered_tok_s": tps_s,
+        "ratio": tps_s / tps_u,
+        "target": ">= 0.97",
+    }
 
 
 def bench_side_by_side(h: Any, repeats: int, new_tokens: int = 32) -> dict[str, Any]:
@@ -153,13 +172,20 @@ def bench_side_by_side(h: Any, repeats: int, new_tokens: int = 32) -> dict[str, 
 
 def bench_load(name: str) -> dict[str, Any]:
     code = (
-        "import time,sys;sys.path.insert(0,%r);t=time.perf_counter();from engine.models import load_model;"
-        "h=load_model(%r);print(time.perf_counter()-t, h.source)"
-    ) % (str(ROOT), name)
+        f"import time,sys;sys.path.insert(0,{str(ROOT)!r});t=time.perf_counter();from engine.models import load_model;"
+        f"h=load_model({name!r});print(time.perf_counter()-t, h.source)"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ, STEERING_EXPLORER_CACHE=tmp, TRANSFORMERS_VERBOSITY="error")
-        cold = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.split()
-        warm = [subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.split() for _ in range(3)]
+        cold = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+        ).stdout.split()
+        warm = [
+            subprocess.run(
+                [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+            ).stdout.split()
+            for _ in range(3)
+        ]
     return {
         "cold_s": float(cold[0]),
         "cold_source": " ".join(cold[1:]),
@@ -183,8 +209,19 @@ def bench_sweep(h: Any, n_prompts: int, layers: list[int] | None, new_tokens: in
     t = time.perf_counter()
     looped = ex.steer_refusal_per_layer_loop(h, bundle, insts, layers=layers, coeff=1.0, max_new_tokens=new_tokens)
     tl = time.perf_counter() - t
-    same = [(r["layer"], r["direction"], r["refusal_rate"]) for r in batched] == [(r["layer"], r["direction"], r["refusal_rate"]) for r in looped]
-    return {"prompts": len(insts), "layers": len(layers), "max_new_tokens": new_tokens, "batched_s": tb, "loop_s": tl, "speedup": tl / tb, "same_rates": same, "target": ">= 4x"}
+    same = [(r["layer"], r["direction"], r["refusal_rate"]) for r in batched] == [
+        (r["layer"], r["direction"], r["refusal_rate"]) for r in looped
+    ]
+    return {
+        "prompts": len(insts),
+        "layers": len(layers),
+        "max_new_tokens": new_tokens,
+        "batched_s": tb,
+        "loop_s": tl,
+        "speedup": tl / tb,
+        "same_rates": same,
+        "target": ">= 4x",
+    }
 
 
 def bench_umap(h: Any) -> dict[str, Any]:
@@ -200,7 +237,9 @@ def bench_umap(h: Any) -> dict[str, Any]:
     layer = h.n_layers // 2
     x = acts[:, layer]
     rng = np.random.default_rng(0)
-    x1000 = np.concatenate([x, x[rng.integers(0, len(x), 1000 - len(x))] + rng.normal(0, 0.01 * x.std(), (1000 - len(x), x.shape[1]))])[:1000]
+    x1000 = np.concatenate(
+        [x, x[rng.integers(0, len(x), 1000 - len(x))] + rng.normal(0, 0.01 * x.std(), (1000 - len(x), x.shape[1]))]
+    )[:1000]
     res = {"n_builtin": len(x), "capture_s": t_cap}
     for label, data in (("builtin", x), ("n1000", x1000)):
         t = time.perf_counter()
@@ -225,12 +264,33 @@ def bench_precompute(name: str) -> dict[str, Any]:
                 os.symlink(src, Path(tmp) / "models")
         t = time.perf_counter()
         r = subprocess.run(
-            [sys.executable, "-m", "engine", "precompute", "--model", name, "--json", "--quiet", "--out", str(Path(tmp) / "out")],
-            cwd=ROOT, env=env, check=True, capture_output=True, text=True,
+            [
+                sys.executable,
+                "-m",
+                "engine",
+                "precompute",
+                "--model",
+                name,
+                "--json",
+                "--quiet",
+                "--out",
+                str(Path(tmp) / "out"),
+            ],
+            cwd=ROOT,
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
         )
         wall = time.perf_counter() - t
     summary = json.loads(r.stdout)
-    return {"wall_s": wall, "inner": summary.get("seconds"), "n_prompts": summary.get("n_prompts"), "target": "<= 300 s", "note": "empty label cache; includes model load"}
+    return {
+        "wall_s": wall,
+        "inner": summary.get("seconds"),
+        "n_prompts": summary.get("n_prompts"),
+        "target": "<= 300 s",
+        "note": "empty label cache; includes model load",
+    }
 
 
 def main() -> None:
@@ -265,7 +325,13 @@ def main() -> None:
             res = bench_precompute(args.model)
         else:
             raise SystemExit(f"unknown benchmark {name}")
-        res = {"benchmark": name, "model": args.model, "machine": machine(), "elapsed_s": time.perf_counter() - t0, **res}
+        res = {
+            "benchmark": name,
+            "model": args.model,
+            "machine": machine(),
+            "elapsed_s": time.perf_counter() - t0,
+            **res,
+        }
         (out / f"{name}-{args.model}.json").write_text(json.dumps(res, indent=1))
         print(json.dumps(res), flush=True)
 

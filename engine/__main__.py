@@ -77,7 +77,9 @@ def _read_prompts(paths: list[str], limit: int, seed: int, normalize: bool) -> l
     for p in paths:
         ps = load_file(p, normalize=normalize)
         if ps.skipped:
-            sys.stderr.write(f"{p}: skipped {len(ps.skipped)} malformed rows (first: row {ps.skipped[0].row}: {ps.skipped[0].reason})\n")
+            sys.stderr.write(
+                f"{p}: skipped {len(ps.skipped)} malformed rows (first: row {ps.skipped[0].row}: {ps.skipped[0].reason})\n"
+            )
         sets.append(ps.sample(limit, seed=seed))
     return sets
 
@@ -87,7 +89,11 @@ def cmd_models(args: argparse.Namespace) -> int:
     from .models import cached_models
 
     rows = cached_models()
-    _out(args, rows, "\n".join(f"{r['name']:<12} {'cached' if r['cached'] else 'not cached':<11} {r['description']}" for r in rows))
+    _out(
+        args,
+        rows,
+        "\n".join(f"{r['name']:<12} {'cached' if r['cached'] else 'not cached':<11} {r['description']}" for r in rows),
+    )
     return 0
 
 
@@ -98,7 +104,11 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     if args.stats:
         for r in rows:
             r["form"] = form_stats(load_builtin(r["name"]))
-    _out(args, rows, "\n".join(f"{r['name']:<26} {r['kind']:<24} n={r['n']} train={r['n_train']} test={r['n_test']}" for r in rows))
+    _out(
+        args,
+        rows,
+        "\n".join(f"{r['name']:<26} {r['kind']:<24} n={r['n']} train={r['n_train']} test={r['n_test']}" for r in rows),
+    )
     return 0
 
 
@@ -107,8 +117,18 @@ def cmd_positions(args: argparse.Namespace) -> int:
 
     handle = _load(args)
     p = locate(handle.tokenizer, args.instruction, post_inst=not args.no_post_inst)
-    payload = {"model": args.model, "prompt": p.prompt, "tokens": list(p.tokens), "t_inst": p.t_inst, "t_post_inst": p.t_post_inst}
-    _out(args, payload, f"t_inst={p.t_inst} ({p.tokens[p.t_inst]!r})  t_post_inst={p.t_post_inst} ({p.tokens[p.t_post_inst]!r})\n{p.prompt}")
+    payload = {
+        "model": args.model,
+        "prompt": p.prompt,
+        "tokens": list(p.tokens),
+        "t_inst": p.t_inst,
+        "t_post_inst": p.t_post_inst,
+    }
+    _out(
+        args,
+        payload,
+        f"t_inst={p.t_inst} ({p.tokens[p.t_inst]!r})  t_post_inst={p.t_post_inst} ({p.tokens[p.t_post_inst]!r})\n{p.prompt}",
+    )
     return 0
 
 
@@ -123,7 +143,9 @@ def cmd_directions(args: argparse.Namespace) -> int:
             raise ValueError("give both --harmful and --harmless files (or neither, to use the precomputed set)")
         harmful = _read_prompts(args.harmful, args.limit, args.seed, not args.no_normalize)
         harmless = _read_prompts(args.harmless, args.limit, args.seed, not args.no_normalize)
-        bundle = precompute(handle, harmful, harmless, normalize=not args.no_normalize, normalize_directions=args.unit, progress=prog).bundle
+        bundle = precompute(
+            handle, harmful, harmless, normalize=not args.no_normalize, normalize_directions=args.unit, progress=prog
+        ).bundle
     else:
         bundle = _directions(args, handle, prog)
     if args.out:
@@ -138,7 +160,14 @@ def cmd_directions(args: argparse.Namespace) -> int:
     }
     human = "layer  |harm|    |ref|   cos\n" + "\n".join(
         f"{i:>5} {a:>8.3f} {b:>8.3f} {c:>6.3f}"
-        for i, (a, b, c) in enumerate(zip(payload["norms"]["harmfulness"], payload["norms"]["refusal"], payload["cosine_harmfulness_refusal"], strict=True))
+        for i, (a, b, c) in enumerate(
+            zip(
+                payload["norms"]["harmfulness"],
+                payload["norms"]["refusal"],
+                payload["cosine_harmfulness_refusal"],
+                strict=True,
+            )
+        )
     )
     _out(args, payload, human)
     return 0
@@ -157,7 +186,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     prog = _Progress(args.quiet)
     handle = _load(args)
     bundle = _directions(args, handle, prog)
-    d = bundle.get(args.direction if ":" in args.direction or args.direction in bundle.directions else f"category:{args.direction}")
+    d = bundle.get(
+        args.direction if ":" in args.direction or args.direction in bundle.directions else f"category:{args.direction}"
+    )
     layers = tuple(args.layer) if args.layer else (handle.n_layers // 2,)
     spec = SteeringSpec(d.vectors, layers, args.coeff, args.positions)
     cfg = GenerationConfig(max_new_tokens=args.max_new_tokens, do_sample=args.sample, seed=args.seed)
@@ -179,7 +210,11 @@ def cmd_guard(args: argparse.Namespace) -> int:
     bundle = _directions(args, handle, prog)
     res = guard(handle, bundle, args.instructions, threshold=args.threshold)
     rows = [r.to_dict() for r in res]
-    _out(args, rows, "\n".join(f"{'HARMFUL ' if r['harmful'] else 'harmless'} {r['score']:+.4f}  {r['instruction']}" for r in rows))
+    _out(
+        args,
+        rows,
+        "\n".join(f"{'HARMFUL ' if r['harmful'] else 'harmless'} {r['score']:+.4f}  {r['instruction']}" for r in rows),
+    )
     return 0
 
 
@@ -191,8 +226,16 @@ def cmd_precompute(args: argparse.Namespace) -> int:
     handle = _load(args)
     t0 = time.perf_counter()
     if args.harmful or args.harmless:
-        harmful = _read_prompts(args.harmful or [], args.limit, args.seed, False) if args.harmful else [load_builtin("harmful", "train")]
-        harmless = _read_prompts(args.harmless or [], args.limit, args.seed, False) if args.harmless else builtin_sources("train")[1]
+        harmful = (
+            _read_prompts(args.harmful or [], args.limit, args.seed, False)
+            if args.harmful
+            else [load_builtin("harmful", "train")]
+        )
+        harmless = (
+            _read_prompts(args.harmless or [], args.limit, args.seed, False)
+            if args.harmless
+            else builtin_sources("train")[1]
+        )
     else:
         harmful, harmless = builtin_sources("train")
         if args.limit:
@@ -256,14 +299,20 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------------ parser
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m engine", description="steering-explorer: harmfulness vs refusal directions")
+    p = argparse.ArgumentParser(
+        prog="python -m engine", description="steering-explorer: harmfulness vs refusal directions"
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp: argparse.ArgumentParser, model: bool = True) -> None:
         sp.add_argument("--json", action="store_true", help="print only one JSON document on stdout")
         sp.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
         if model:
-            sp.add_argument("--model", default=os.environ.get("STEERING_EXPLORER_MODEL", "default"), help="default | tiny-random | HF id | folder")
+            sp.add_argument(
+                "--model",
+                default=os.environ.get("STEERING_EXPLORER_MODEL", "default"),
+                help="default | tiny-random | HF id | folder",
+            )
             sp.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
             sp.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
             sp.add_argument("--trust-remote-code", action="store_true")
@@ -332,7 +381,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("reproduce", help="run one of the paper's experiments (or all)")
     common(sp)
-    sp.add_argument("experiment", help="refusal-template | belief-curves | belief-scatter | steer-refusal | reply-inversion | latent-guard | jailbreaks | category-directions | all")
+    sp.add_argument(
+        "experiment",
+        help="refusal-template | belief-curves | belief-scatter | steer-refusal | reply-inversion | latent-guard | jailbreaks | category-directions | all",
+    )
     sp.add_argument("--directions", metavar="FILE")
     sp.add_argument("--limit", type=int, default=None, help="cap prompts per set")
     sp.add_argument("--out", metavar="DIR")

@@ -63,7 +63,9 @@ def check_rows(handle: ModelHandle, rows: Sequence[int] | None, *, steerable: bo
             raise ValueError(f"layer {r!r} is not an integer")
         if not 0 <= int(r) <= top:
             what = "steer" if steerable else "capture"
-            raise ValueError(f"layer {r} is out of range: this model has {handle.n_layers} blocks, so {what} layers are 0..{top}")
+            raise ValueError(
+                f"layer {r} is out of range: this model has {handle.n_layers} blocks, so {what} layers are 0..{top}"
+            )
         out.append(int(r))
     if not out:
         raise ValueError("no layers chosen")
@@ -71,7 +73,12 @@ def check_rows(handle: ModelHandle, rows: Sequence[int] | None, *, steerable: bo
 
 
 @contextlib.contextmanager
-def record(handle: ModelHandle, rows: Sequence[int] | None = None, *, select: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Iterator[dict[int, list[torch.Tensor]]]:
+def record(
+    handle: ModelHandle,
+    rows: Sequence[int] | None = None,
+    *,
+    select: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> Iterator[dict[int, list[torch.Tensor]]]:
     """Record the residual stream at ``rows`` (see LAYER_CONVENTION) for every forward call in the body.
 
     Yields ``{row: [tensor per forward call]}``; each tensor is ``select(hidden)`` (default: the whole
@@ -119,8 +126,12 @@ def position_ids_for(mask: torch.Tensor) -> torch.Tensor:
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def prepare(handle: ModelHandle, items: Sequence[str | PromptPositions], *, post_inst: bool = True) -> list[PromptPositions]:
-    return [it if isinstance(it, PromptPositions) else locate(handle.tokenizer, it, post_inst=post_inst) for it in items]
+def prepare(
+    handle: ModelHandle, items: Sequence[str | PromptPositions], *, post_inst: bool = True
+) -> list[PromptPositions]:
+    return [
+        it if isinstance(it, PromptPositions) else locate(handle.tokenizer, it, post_inst=post_inst) for it in items
+    ]
 
 
 @dataclass
@@ -180,7 +191,9 @@ def capture(
         idx = order[b0 : b0 + batch_size]
         batch = [prompts[i] for i in idx]
         ids, mask, pads = pad_batch(handle, batch)
-        gather = torch.tensor([[pads[j] + _index_for(p, pos) for pos in positions] for j, p in enumerate(batch)], device=ids.device)
+        gather = torch.tensor(
+            [[pads[j] + _index_for(p, pos) for pos in positions] for j, p in enumerate(batch)], device=ids.device
+        )
 
         def select(h: torch.Tensor, gather: torch.Tensor = gather) -> torch.Tensor:
             g = gather.to(h.device)
@@ -197,7 +210,9 @@ def capture(
 
 
 @torch.no_grad()
-def capture_tokens(handle: ModelHandle, item: str | PromptPositions, *, post_inst: bool = True) -> tuple[PromptPositions, np.ndarray]:
+def capture_tokens(
+    handle: ModelHandle, item: str | PromptPositions, *, post_inst: bool = True
+) -> tuple[PromptPositions, np.ndarray]:
     """Every token of one prompt: (positions, acts (n_tokens, L+1, d) CPU float32)."""
     p = prepare(handle, [item], post_inst=post_inst)[0]
     ids, mask, _ = pad_batch(handle, [p])

@@ -70,7 +70,9 @@ class DirectionSet:
         """mean(pos_acts) - mean(neg_acts) per row; acts are (n, L+1, d)."""
         pos, neg = _as3(pos_acts, "positive activations"), _as3(neg_acts, "negative activations")
         if len(pos) == 0 or len(neg) == 0:
-            raise ValueError(f"direction {name!r} needs at least one example on each side (got {len(pos)} and {len(neg)})")
+            raise ValueError(
+                f"direction {name!r} needs at least one example on each side (got {len(pos)} and {len(neg)})"
+            )
         if pos.shape[1:] != neg.shape[1:]:
             raise ValueError(f"activation shapes differ: {pos.shape[1:]} vs {neg.shape[1:]}")
         mu_p, mu_n = pos.mean(0), neg.mean(0)
@@ -115,7 +117,13 @@ class DirectionSet:
     def __add__(self, other: DirectionSet) -> DirectionSet:
         if self.vectors.shape != other.vectors.shape:
             raise ValueError("direction shapes differ")
-        return replace(self, name=f"{self.name}+{other.name}", vectors=self.vectors + other.vectors, pos_centroid=None, neg_centroid=None)
+        return replace(
+            self,
+            name=f"{self.name}+{other.name}",
+            vectors=self.vectors + other.vectors,
+            pos_centroid=None,
+            neg_centroid=None,
+        )
 
     def __sub__(self, other: DirectionSet) -> DirectionSet:
         return self + (-other)
@@ -210,5 +218,7 @@ class DirectionBundle:
         for n, d in self.directions.items():
             out["norms"][n] = [round(float(x), 5) for x in d.norms()]
         if "harmfulness" in self.directions and "refusal" in self.directions:
-            out["cosine_harmfulness_refusal"] = [round(float(x), 5) for x in layer_cosines(self.harmfulness, self.refusal)]
+            out["cosine_harmfulness_refusal"] = [
+                round(float(x), 5) for x in layer_cosines(self.harmfulness, self.refusal)
+            ]
         return out

@@ -32,7 +32,11 @@ class GuardResult:
 
 
 def _check_threshold(threshold: float) -> float:
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.floating)) or not math.isfinite(float(threshold)):
+    if (
+        isinstance(threshold, bool)
+        or not isinstance(threshold, (int, float, np.floating))
+        or not math.isfinite(float(threshold))
+    ):
         raise ValueError(f"threshold must be a finite number, got {threshold!r}")
     return float(threshold)
 
@@ -51,7 +55,9 @@ def guard_scores(
     if d.pos_centroid is None or d.neg_centroid is None:
         raise ValueError("the harmfulness direction has no centroids; the Latent Guard needs them")
     if d.vectors.shape != (handle.n_rows, handle.hidden_size):
-        raise ValueError(f"directions are {d.vectors.shape}, this model needs ({handle.n_rows}, {handle.hidden_size}); recompute them")
+        raise ValueError(
+            f"directions are {d.vectors.shape}, this model needs ({handle.n_rows}, {handle.hidden_size}); recompute them"
+        )
     if acts is None:
         acts = capture(handle, list(instructions), ("t_inst",), batch_size=batch_size, progress=progress).at("t_inst")
     return delta(acts, d.pos_centroid, d.neg_centroid)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -60,7 +61,8 @@ class LabelCache:
         if self._data is None:
             self._data = {}
             if self.path.is_file():
-                for line in self.path.read_text(encoding="utf-8").splitlines():
+                # errors="replace": a line torn inside a multi-byte character is then just invalid JSON
+                for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
                     try:
                         row = json.loads(line)
                         self._data[row["key"]] = row
@@ -79,10 +81,19 @@ class LabelCache:
     def put_many(self, rows: list[dict[str, Any]]) -> None:
         data = self._load()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with _FILE_LOCK, open(self.path, "a", encoding="utf-8") as f:
-            for row in rows:
-                data[row["key"]] = row
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        with _FILE_LOCK:
+            # a torn last line (interrupted run) has no newline: end it first, or the next row is glued onto it
+            torn = False
+            if self.path.is_file() and self.path.stat().st_size > 0:
+                with open(self.path, "rb") as fb:
+                    fb.seek(-1, os.SEEK_END)
+                    torn = fb.read(1) != b"\n"
+            with open(self.path, "a", encoding="utf-8") as f:
+                if torn:
+                    f.write("\n")
+                for row in rows:
+                    data[row["key"]] = row
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def label_refusals(
@@ -108,7 +119,13 @@ def label_refusals(
         if progress:
             progress(len(instructions), len(instructions))
         return [Label(i, bool(s > 0), "", float(s)) for i, s in zip(instructions, scores, strict=True)]
-    settings = {"max_new_tokens": max_new_tokens, "greedy": True, "early_stop": early_stop, "post_inst": post_inst, "v": 1}
+    settings = {
+        "max_new_tokens": max_new_tokens,
+        "greedy": True,
+        "early_stop": early_stop,
+        "post_inst": post_inst,
+        "v": 1,
+    }
     cache = cache or (LabelCache(handle) if use_cache else None)
     out: list[Label | None] = [None] * len(instructions)
     todo: list[int] = []
@@ -135,7 +152,15 @@ def label_refusals(
                     frac = (c0 + done) / max(len(uniq), 1)
                     progress(n_cached + int(frac * len(todo)), len(instructions))
 
-            texts = generate(handle, part, None, cfg, stop_fn=refusal_decided if early_stop else None, progress=prog, post_inst=post_inst)
+            texts = generate(
+                handle,
+                part,
+                None,
+                cfg,
+                stop_fn=refusal_decided if early_stop else None,
+                progress=prog,
+                post_inst=post_inst,
+            )
             rows = []
             for inst, text in zip(part, texts, strict=True):
                 by_inst[inst] = text

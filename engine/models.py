@@ -33,10 +33,10 @@ import torch
 
 __all__ = [
     "DEFAULT_GGUF_SHA256",
+    "REGISTRY",
     "ModelError",
     "ModelHandle",
     "ModelSpec",
-    "REGISTRY",
     "cache_dir",
     "cached_models",
     "load_model",
@@ -134,7 +134,13 @@ class ModelHandle:
 
 def find_layers(model: Any) -> Any:
     """The ModuleList of decoder blocks, for the common architectures."""
-    for path in ("model.layers", "model.language_model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers"):
+    for path in (
+        "model.layers",
+        "model.language_model.layers",
+        "transformer.h",
+        "gpt_neox.layers",
+        "model.decoder.layers",
+    ):
         obj = model
         try:
             for part in path.split("."):
@@ -195,7 +201,9 @@ def _prepare_tokenizer(tokenizer: Any) -> Any:
     return tokenizer
 
 
-def _finish(model: Any, tokenizer: Any, spec: ModelSpec, model_id: str, weights_hash: str, t0: float, source: str) -> ModelHandle:
+def _finish(
+    model: Any, tokenizer: Any, spec: ModelSpec, model_id: str, weights_hash: str, t0: float, source: str
+) -> ModelHandle:
     tokenizer = _prepare_tokenizer(tokenizer)  # first: the generation config below reads its pad token
     model.eval()
     model.requires_grad_(False)
@@ -229,7 +237,7 @@ def _finish(model: Any, tokenizer: Any, spec: ModelSpec, model_id: str, weights_
 
 
 # ----------------------------------------------------------------------------------------------- tiny-random
-TINY_WORDS = (
+TINY_WORDS = (  # noqa: SIM905
     "how do i make a bomb write an essay about cats explain the steps to hack into email cook pasta tell me "
     "joke poem recipe for bread weapon drug steal kill process python code story history science travel plan "
     "what is the capital of france give advice on sleep help me build website create fake news hurt someone "
@@ -405,7 +413,9 @@ def _load_default(spec: ModelSpec, t0: float) -> ModelHandle:
         work = cache_dir() / "models"
         gguf_path = assemble_default_gguf(work / f".default-{os.getpid()}.gguf")
         try:
-            model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32)
+            model = AutoModelForCausalLM.from_pretrained(
+                str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
+            )
             tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
             _write_default_cache(model, tokenizer, target)
         finally:
@@ -416,7 +426,9 @@ def _load_default(spec: ModelSpec, t0: float) -> ModelHandle:
         model = AutoModelForCausalLM.from_pretrained(str(target), dtype=dtype, local_files_only=True)
         tokenizer = AutoTokenizer.from_pretrained(str(target), local_files_only=True)
     except Exception as exc:  # a corrupted cache: say how to rebuild it
-        raise ModelError(f"the cached default model at {target} could not be loaded ({exc}); delete that folder and retry") from exc
+        raise ModelError(
+            f"the cached default model at {target} could not be loaded ({exc}); delete that folder and retry"
+        ) from exc
     model = model.to(device)
     return _finish(model, tokenizer, spec, "Qwen2.5-Coder-0.5B-Instruct", DEFAULT_GGUF_SHA256[:16], t0, source)
 
@@ -436,7 +448,9 @@ def _load_hf(spec: ModelSpec, t0: float) -> ModelHandle:
     if use_map:
         kwargs["device_map"] = "auto"
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(local) if is_local else spec.name, trust_remote_code=spec.trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(
+            str(local) if is_local else spec.name, trust_remote_code=spec.trust_remote_code
+        )
         model = AutoModelForCausalLM.from_pretrained(str(local) if is_local else spec.name, **kwargs)
     except OSError as exc:
         raise ModelError(
@@ -479,5 +493,12 @@ def cached_models() -> list[dict[str, Any]]:
     rows = []
     for name, desc in REGISTRY.items():
         cached = name == "tiny-random" or (default_cache_path() / "steering-explorer.json").is_file()
-        rows.append({"name": name, "description": desc, "cached": cached, "path": str(default_cache_path()) if name == "default" else None})
+        rows.append(
+            {
+                "name": name,
+                "description": desc,
+                "cached": cached,
+                "path": str(default_cache_path()) if name == "default" else None,
+            }
+        )
     return rows

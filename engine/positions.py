@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["MAX_INSTRUCTION_CHARS", "PromptPositions", "check_instruction", "locate", "render", "inversion_message"]
+__all__ = ["MAX_INSTRUCTION_CHARS", "PromptPositions", "check_instruction", "inversion_message", "locate", "render"]
 
 MAX_INSTRUCTION_CHARS = 8000
 _SENTINEL = "\u2063\u2063SE-INSTRUCTION\u2063\u2063"
@@ -81,8 +81,9 @@ def render(tokenizer: Any, user_message: str, *, post_inst: bool = True, system:
     return text
 
 
-def _find_span(tokenizer: Any, user_message: str, span_text_start: int, span_text_end: int, post_inst: bool, system: str | None) -> tuple[str, int, int]:
-    """Return (prompt, char_start, char_end) of the user message's [span_text_start, span_text_end) in the prompt.
+def _find_message(tokenizer: Any, user_message: str, system: str | None) -> tuple[str, int, int, int]:
+    """Return (prompt, base, lo, hi): the full prompt, the prompt offset of the user message's character 0, and the
+    prompt span [lo, hi) that the message's text occupies (narrower than the message when the template strips it).
 
     The message is located by rendering once with a sentinel in its place, so a template that repeats the text
     (or contains it in a system prompt) cannot fool the search.
@@ -93,22 +94,18 @@ def _find_span(tokenizer: Any, user_message: str, span_text_start: int, span_tex
         raise ValueError("cannot locate the user message in the chat template's output (the template rewrites it)")
     prompt = probe[:at] + user_message + probe[at + len(_SENTINEL) :]
     rendered = render(tokenizer, user_message, post_inst=True, system=system)
-    if rendered != prompt:
-        # templates that strip or transform content: fall back to a search in the real rendering
-        at = rendered.rfind(user_message)
-        if at < 0:
-            stripped = user_message.strip()
-            at = rendered.rfind(stripped)
-            if at < 0:
-                raise ValueError("the chat template changes the instruction's text; cannot locate t_inst")
-            shift = len(user_message) - len(user_message.lstrip())
-            span_text_start = max(0, span_text_start - shift)
-            span_text_end = min(len(stripped), span_text_end - shift)
-        prompt = rendered
-    start, end = at + span_text_start, at + span_text_end
-    if not post_inst:
-        prompt = prompt[:end]
-    return prompt, start, end
+    if rendered == prompt:
+        return prompt, at, at, at + len(user_message)
+    # templates that strip or transform content: fall back to a search in the real rendering
+    at = rendered.rfind(user_message)
+    if at >= 0:
+        return rendered, at, at, at + len(user_message)
+    stripped = user_message.strip()
+    at = rendered.rfind(stripped)
+    if at < 0:
+        raise ValueError("the chat template changes the instruction's text; cannot locate t_inst")
+    shift = len(user_message) - len(user_message.lstrip())
+    return rendered, at - shift, at, at + len(stripped)
 
 
 def locate(
@@ -138,8 +135,14 @@ def locate(
     c0, c1 = context if context is not None else (0, i1)
     if not (0 <= c0 < c1 <= len(message)):
         raise ValueError(f"context span {context} is outside the user message")
-    prompt, s, e = _find_span(tokenizer, message, i0, i1, post_inst, system)
-    cs, ce = s - i0 + c0, s - i0 + c1
+    full, base, lo, hi = _find_message(tokenizer, message, system)
+
+    def in_prompt(i: int) -> int:  # message character index -> prompt index (clipped to the rendered message)
+        return min(max(base + i, lo), hi)
+
+    s, e = in_prompt(i0), in_prompt(i1)
+    cs, ce = in_prompt(c0), in_prompt(c1)
+    prompt = full if post_inst else full[:e]
     enc = tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True)
     ids = list(enc["input_ids"])
     offsets = [tuple(o) for o in enc["offset_mapping"]]

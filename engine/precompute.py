@@ -119,7 +119,14 @@ def precompute(
     def stage(name: str) -> Callable[[int, int], None]:
         return lambda d, t: progress(name, d, t) if progress else None
 
-    labels = label_refusals(handle, insts, labeller=labeller, max_new_tokens=label_tokens, batch_size=batch_size, progress=stage("labelling"))
+    labels = label_refusals(
+        handle,
+        insts,
+        labeller=labeller,
+        max_new_tokens=label_tokens,
+        batch_size=batch_size,
+        progress=stage("labelling"),
+    )
     for r, lab in zip(records, labels, strict=True):
         r["refused"] = lab.refused
         r["response"] = lab.text
@@ -137,7 +144,9 @@ def precompute(
     fallback = []
     if rh.sum() == 0:
         if not allow_fallback:
-            raise ValueError("the model refused none of the harmful prompts, so there is no refused-harmful cluster; use more or other harmful prompts")
+            raise ValueError(
+                "the model refused none of the harmful prompts, so there is no refused-harmful cluster; use more or other harmful prompts"
+            )
         rh = mask(lambda r: r["harmful"])
         fallback.append("no refused-harmful prompt: the harmful side uses every harmful prompt")
     if ah_l.sum() == 0:
@@ -154,7 +163,11 @@ def precompute(
     }
     dirs: dict[str, DirectionSet] = {}
     dirs["harmfulness"] = DirectionSet.from_diff_of_means(
-        "harmfulness", a_inst[rh], a_inst[ah_l], position="t_inst", normalize=normalize_directions,
+        "harmfulness",
+        a_inst[rh],
+        a_inst[ah_l],
+        position="t_inst",
+        normalize=normalize_directions,
         meta={"pos": "refused_harmful", "neg": "accepted_harmless"},
     )
     if refusal_pool == "all":
@@ -164,7 +177,11 @@ def precompute(
         ref, acc = rh, ah_l
         pos_name, neg_name = "refused_harmful", "accepted_harmless"
     dirs["refusal"] = DirectionSet.from_diff_of_means(
-        "refusal", a_post[ref], a_post[acc], position="t_post_inst", normalize=normalize_directions,
+        "refusal",
+        a_post[ref],
+        a_post[acc],
+        position="t_post_inst",
+        normalize=normalize_directions,
         meta={"pos": pos_name, "neg": neg_name},
     )
     # cluster centroids at both positions, for the scatter, clusters and guard pages
@@ -174,7 +191,11 @@ def precompute(
             if m.sum():
                 mu = acts[m, pos_i].mean(0)
                 dirs[f"centroid:{c}:{pos_name_}"] = DirectionSet(
-                    name=f"centroid:{c}:{pos_name_}", vectors=mu, position=pos_name_, n_pos=int(m.sum()), meta={"kind": "centroid"}
+                    name=f"centroid:{c}:{pos_name_}",
+                    vectors=mu,
+                    position=pos_name_,
+                    n_pos=int(m.sum()),
+                    meta={"kind": "centroid"},
                 )
     cats = Counter(r["category"] for r in records if r["harmful"] and r["category"])
     for cat, n in sorted(cats.items()):
@@ -182,7 +203,11 @@ def precompute(
             continue
         m = mask(lambda r, cat=cat: r["harmful"] and r["category"] == cat)
         dirs[f"category:{cat}"] = DirectionSet.from_diff_of_means(
-            f"category:{cat}", a_inst[m], a_inst[ah_l], position="t_inst", normalize=normalize_directions,
+            f"category:{cat}",
+            a_inst[m],
+            a_inst[ah_l],
+            position="t_inst",
+            normalize=normalize_directions,
             meta={"pos": f"harmful/{cat}", "neg": "accepted_harmless"},
         )
     # form confound checks, on the harmless prompts only: the same prompts with and without a trailing period / '?'
@@ -199,7 +224,9 @@ def precompute(
             refusal_pool=refusal_pool,
             cluster_fallback=fallback,
             normalized_directions=normalize_directions,
-            coefficients_note="directions are raw differences of means (paper scale)" if not normalize_directions else "unit norm per layer",
+            coefficients_note="directions are raw differences of means (paper scale)"
+            if not normalize_directions
+            else "unit norm per layer",
         ),
     )
     cos_hr = layer_cosines(dirs["harmfulness"], dirs["refusal"])
@@ -213,7 +240,9 @@ def precompute(
         },
         "norms": {k: [round(float(x), 4) for x in dirs[k].norms()] for k in ("harmfulness", "refusal")},
         "cosine_harmfulness_refusal": [round(float(x), 4) for x in cos_hr],
-        "confound_cosine": {k: [round(float(x), 4) for x in layer_cosines(dirs["harmfulness"], v)] for k, v in form.items()},
+        "confound_cosine": {
+            k: [round(float(x), 4) for x in layer_cosines(dirs["harmfulness"], v)] for k, v in form.items()
+        },
         "cluster_fallback": fallback,
         "categories": sorted(k.split(":", 1)[1] for k in dirs if k.startswith("category:")),
         "seconds": {"labelling": round(t_label, 1), "total": round(time.perf_counter() - t0, 1)},
@@ -233,8 +262,12 @@ def _form_directions(handle: ModelHandle, harmless_raw: Sequence[str], batch_siz
     n = len(bare)
     a_bare, a_per, a_q = acts[:n], acts[n : 2 * n], acts[2 * n :]
     return {
-        "form:punctuation": DirectionSet.from_diff_of_means("form:punctuation", a_per, a_bare, meta={"pos": "with '.'", "neg": "no trailing punctuation"}),
-        "form:question": DirectionSet.from_diff_of_means("form:question", a_q, a_per, meta={"pos": "ending '?'", "neg": "ending '.'"}),
+        "form:punctuation": DirectionSet.from_diff_of_means(
+            "form:punctuation", a_per, a_bare, meta={"pos": "with '.'", "neg": "no trailing punctuation"}
+        ),
+        "form:question": DirectionSet.from_diff_of_means(
+            "form:question", a_q, a_per, meta={"pos": "ending '?'", "neg": "ending '.'"}
+        ),
     }
 
 
@@ -249,7 +282,9 @@ def save_result(result: PrecomputeResult, out_dir: Path, name: str) -> dict[str,
     return {"directions": str(path), "sidecar": str(path.with_suffix(".json")), "labels": str(rec_path)}
 
 
-def default_directions(handle: ModelHandle, *, progress: Progress | None = None, compute: bool = True) -> DirectionBundle:
+def default_directions(
+    handle: ModelHandle, *, progress: Progress | None = None, compute: bool = True
+) -> DirectionBundle:
     """The model's precomputed bundle: shipped for ``default``, else computed from the built-in sets and cached."""
     shipped = shipped_directions_path(handle.spec.name) if handle.spec.name in ("default",) else None
     if shipped is not None and shipped.is_file():

@@ -97,7 +97,9 @@ def refusal_start_token_ids(tokenizer: Any, starts: Sequence[str] = REFUSAL_STAR
 
 
 @torch.no_grad()
-def refusal_logodds(handle: Any, items: Sequence[Any], *, batch_size: int = 16, token_ids: Sequence[int] | None = None) -> np.ndarray:
+def refusal_logodds(
+    handle: Any, items: Sequence[Any], *, batch_size: int = 16, token_ids: Sequence[int] | None = None
+) -> np.ndarray:
     """Log-odds of a refusal-start token at the first generated position, one forward pass per batch.
 
     Returns (n,) float64: log(sum p[refusal starts]) - log(1 - sum p[refusal starts]).
@@ -114,7 +116,12 @@ def refusal_logodds(handle: Any, items: Sequence[Any], *, batch_size: int = 16, 
         for b0 in range(0, len(prompts), batch_size):
             batch = prompts[b0 : b0 + batch_size]
             ids, mask, _ = pad_batch(handle, batch)
-            logits = handle.model(input_ids=ids, attention_mask=mask, position_ids=position_ids_for(mask), use_cache=False).logits[:, -1].float().cpu()
+            logits = (
+                handle.model(input_ids=ids, attention_mask=mask, position_ids=position_ids_for(mask), use_cache=False)
+                .logits[:, -1]
+                .float()
+                .cpu()
+            )
             logp = torch.log_softmax(logits.double(), dim=-1)
             lp_ref = torch.logsumexp(logp[:, sel], dim=-1)
             lp_other = torch.log1p(-lp_ref.exp().clamp(max=1 - 1e-12))

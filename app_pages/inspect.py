@@ -8,8 +8,8 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+from app_pages import _common as common
 from engine import service as svc
-from pages import _common as common
 
 common.page_header(
     "Inspect",
@@ -91,11 +91,11 @@ with common.errors_shown():
             alt.Chart(bf)
             .mark_line(point=True)
             .encode(
-                x=alt.X("layer:Q", title="layer (captured row)"),
+                x=alt.X("layer:Q", axis=common.layer_axis()),
                 y=alt.Y("score:Q", title="s_l = cos(h, μ+) − cos(h, μ−)"),
                 color=alt.Color(
                     "series:N",
-                    legend=alt.Legend(orient="bottom", title=None),
+                    legend=alt.Legend(orient="bottom", title=None, columns=1),
                     scale=alt.Scale(range=["#e67e22", "#2e86c1"]),
                 ),
                 tooltip=["series:N", "layer:Q", alt.Tooltip("score:Q", format="+.4f")],
@@ -124,7 +124,7 @@ with common.errors_shown():
         enc = {
             "x": alt.X("delta_harmful:Q", title="Δ harmful (t_inst)"),
             "y": alt.Y("delta_refuse:Q", title="Δ refuse (t_post_inst)"),
-            "color": alt.Color("cluster:N", scale=scale, legend=alt.Legend(orient="bottom", title=None)),
+            "color": alt.Color("cluster:N", scale=scale, legend=alt.Legend(orient="bottom", title=None, columns=3)),
             "tooltip": [
                 "instruction:N",
                 "cluster:N",
@@ -150,7 +150,12 @@ with common.errors_shown():
         alt.Chart(pf)
         .mark_bar()
         .encode(
-            x=alt.X("label:N", sort=order, title="token", axis=alt.Axis(labelAngle=-60)),
+            x=alt.X(
+                "label:N",
+                sort=order,
+                title="token",
+                axis=alt.Axis(labelAngle=-60, labelOverlap=False, labelFontSize=10),
+            ),
             xOffset="direction:N",
             y=alt.Y("projection:Q", title="h · v̂  (unit direction)"),
             color=alt.Color(

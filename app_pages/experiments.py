@@ -9,8 +9,8 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+from app_pages import _common as common
 from engine import service as svc
-from pages import _common as common
 
 NAMES = [
     "refusal-template",

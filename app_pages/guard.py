@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from app_pages import _common as common
 from engine import service as svc
-from pages import _common as common
 
 common.page_header(
     "Latent Guard",
@@ -51,10 +51,11 @@ with tab_classify:
         height=100,
         key="guard_text",
     )
-    up = st.file_uploader(
+    u1, u2 = st.columns([3, 1])
+    up = u1.file_uploader(
         "… or upload a prompt file (CSV / JSONL / JSON / TXT)", type=["csv", "jsonl", "json", "txt"], key="guard_upload"
     )
-    col = st.text_input("Text column (blank: detect)", "", key="guard_column")
+    col = u2.text_input("Text column (blank: detect)", "", key="guard_column")
     if st.button("Classify", type="primary", key="guard_go", icon=":material/shield:"):
         st.session_state.pop("guard_result", None)
         with common.errors_shown():

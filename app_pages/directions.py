@@ -8,8 +8,8 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+from app_pages import _common as common
 from engine import service as svc
-from pages import _common as common
 
 common.page_header(
     "Directions",
@@ -89,9 +89,13 @@ with left:
             alt.Chart(nf)
             .mark_line(point=True)
             .encode(
-                x=alt.X("layer:Q", title="layer (captured row)"),
+                x=alt.X("layer:Q", axis=common.layer_axis()),
                 y=alt.Y("norm:Q", title="‖v_l‖"),
-                color=alt.Color("direction:N", legend=alt.Legend(orient="bottom", title=None)),
+                color=alt.Color(
+                    "direction:N",
+                    scale=common.direction_scale(chosen),
+                    legend=alt.Legend(orient="bottom", title=None, columns=2),
+                ),
                 tooltip=["direction:N", "layer:Q", alt.Tooltip("norm:Q", format=".3f")],
             )
             .properties(height=300),
@@ -105,7 +109,7 @@ with right:
             alt.Chart(cf)
             .mark_line(point=True, color="#8e44ad")
             .encode(
-                x=alt.X("layer:Q", title="layer (captured row)"),
+                x=alt.X("layer:Q", axis=common.layer_axis()),
                 y=alt.Y("cosine:Q", title="cos(harmfulness, refusal)", scale=alt.Scale(domain=[-1, 1])),
                 tooltip=["layer:Q", alt.Tooltip("cosine:Q", format="+.3f")],
             )
@@ -121,8 +125,8 @@ cm_names = [n for n in names if not n.startswith("form:")] + [n for n in names i
 with common.errors_shown():
     cm = svc.cosine_matrix(bundle, cm_names, layer)
     heat = alt.Chart(cm).encode(
-        x=alt.X("b:N", sort=cm_names, title=None, axis=alt.Axis(labelAngle=-45)),
-        y=alt.Y("a:N", sort=cm_names, title=None),
+        x=alt.X("b:N", sort=cm_names, title=None, axis=alt.Axis(labelAngle=-40, labelOverlap=False, labelLimit=180)),
+        y=alt.Y("a:N", sort=cm_names, title=None, axis=alt.Axis(labelOverlap=False, labelLimit=180)),
     )
     st.altair_chart(
         (
@@ -134,7 +138,7 @@ with common.errors_shown():
                 text=alt.Text("cosine:Q", format=".2f"),
                 color=alt.condition("abs(datum.cosine) > 0.6", alt.value("white"), alt.value("black")),
             )
-        ).properties(height=max(260, 24 * len(cm_names)), title=f"cosine between directions at row {layer}"),
+        ).properties(height=max(260, 30 * len(cm_names)), title=f"cosine between directions at row {layer}"),
         width="stretch",
     )
     st.caption(

@@ -7,8 +7,8 @@ import datetime as _dt
 import pandas as pd
 import streamlit as st
 
+from app_pages import _common as common
 from engine import service as svc
-from pages import _common as common
 
 common.page_header(
     "Report",
@@ -16,6 +16,7 @@ common.page_header(
     "the directions' provenance and the exact settings next to the outputs so that a run can be repeated.",
     "the events below, one per run (Steer, sweeps, guard runs, maps and evaluations you added); download them as "
     "Markdown for a notebook or as JSON with every row.",
+    claim_label="Why",
 )
 
 log = st.session_state.get(common.LOG_KEY, [])
@@ -42,8 +43,8 @@ if not st.session_state.get("model_error"):
 stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
 md = svc.report_markdown(log, settings)
 js = svc.report_json(log, settings)
-c1, c2, c3 = st.columns([1, 1, 3])
-c1.download_button(
+bar = st.container(horizontal=True)
+bar.download_button(
     "Markdown",
     md,
     file_name=f"steering-explorer-{stamp}.md",
@@ -51,7 +52,7 @@ c1.download_button(
     icon=":material/download:",
     key="rep_md",
 )
-c2.download_button(
+bar.download_button(
     "JSON",
     js,
     file_name=f"steering-explorer-{stamp}.json",
@@ -59,7 +60,7 @@ c2.download_button(
     icon=":material/download:",
     key="rep_json",
 )
-if log and c3.button("Clear the log", key="rep_clear"):
+if log and bar.button("Clear the log", key="rep_clear", type="tertiary", icon=":material/delete:"):
     st.session_state[common.LOG_KEY] = []
     st.rerun()
 

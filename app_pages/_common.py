@@ -208,11 +208,41 @@ def log_event(
     del log[:-MAX_LOG]
 
 
-def page_header(title: str, claim: str, look_for: str) -> None:
+def page_header(title: str, claim: str, look_for: str, *, claim_label: str = "Paper") -> None:
     """Title plus the two captions every page carries: the paper's claim and what to look for."""
     st.title(title)
-    st.caption(f"**Paper:** {claim}")
+    st.caption(f"**{claim_label}:** {claim}")
     st.caption(f"**Look for:** {look_for}")
+
+
+DIRECTION_COLORS = {"harmfulness": "#e67e22", "refusal": "#2e86c1"}
+_PALETTE = [
+    "#16a085",
+    "#8e44ad",
+    "#c0392b",
+    "#7f8c8d",
+    "#d4ac0d",
+    "#2c3e50",
+    "#27ae60",
+    "#e84393",
+    "#6c5ce7",
+    "#00838f",
+]
+
+
+def direction_scale(names: list[str]) -> Any:
+    """Altair colour scale: harmfulness orange and refusal blue everywhere, other directions from a palette."""
+    import altair as alt
+
+    others = iter(_PALETTE * 4)
+    return alt.Scale(domain=list(names), range=[DIRECTION_COLORS.get(n) or next(others) for n in names])
+
+
+def layer_axis(title: str = "layer (captured row)") -> Any:
+    """An integer x axis for layer numbers."""
+    import altair as alt
+
+    return alt.Axis(title=title, tickMinStep=1, format="d")
 
 
 def refusal_badge(refused: bool) -> str:

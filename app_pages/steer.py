@@ -7,8 +7,8 @@ from typing import Any
 import altair as alt
 import streamlit as st
 
+from app_pages import _common as common
 from engine import service as svc
-from pages import _common as common
 
 POSITION_LABELS = {
     "prompt": "prompt (every prompt token)",
@@ -49,9 +49,6 @@ def _vectors(name: str) -> Any:
         return uploaded["bundle"].get(name.removeprefix("uploaded: ")).vectors
     return ctx.bundle.get(name).vectors
 
-
-if st.session_state.get("steer_direction") not in options:
-    st.session_state["steer_direction"] = options[0]
 
 instructions_text = st.text_area(
     "Instructions (one per line)",
@@ -223,16 +220,22 @@ else:
             )
             event = st.altair_chart(chart, on_select="rerun", key="sweep_chart", selection_mode="cell", width="stretch")
             cells = list(grid["cell"])
+            # A click picks the cell; the selectbox is re-created (new key) on every new click so that its
+            # index follows the click (Streamlit ignores a changed index for an existing widget key).
             clicked = (getattr(event, "selection", None) or {}).get("cell") or []
             if clicked:
                 c = clicked[0]
                 name = f"layer {int(c['layer'])} · coeff {float(c['coeff']):+g}"
                 if name in cells and st.session_state.get("sweep_last_click") != name:
-                    st.session_state["sweep_cell"] = name
                     st.session_state["sweep_last_click"] = name
-            if st.session_state.get("sweep_cell") not in cells:
-                st.session_state["sweep_cell"] = cells[len(cells) - 1]
-            chosen = st.selectbox("Cell (or click one in the heatmap)", cells, key="sweep_cell")
+                    st.session_state["sweep_clicks"] = st.session_state.get("sweep_clicks", 0) + 1
+            last = st.session_state.get("sweep_last_click")
+            chosen = st.selectbox(
+                "Cell (or click one in the heatmap)",
+                cells,
+                index=cells.index(last) if last in cells else len(cells) - 1,
+                key=f"sweep_cell_{st.session_state.get('sweep_clicks', 0)}",
+            )
             row = grid[grid["cell"] == chosen].iloc[0]
             detail = svc.sweep_cell(res["records"], int(row["layer"]), float(row["coeff"]))
             _show_pairs(detail.to_dict(orient="records"), f"Steered: {chosen}")

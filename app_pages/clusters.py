@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from app_pages import _common as common
 from engine import service as svc
-from pages import _common as common
 
 common.page_header(
     "Clusters",
@@ -61,7 +61,12 @@ layer = c1.slider(
 method = c2.radio("Method", ["UMAP", "PCA"], key="clusters_method", help="UMAP: non-linear, seed fixed. PCA: linear.")
 seed = c3.number_input("Seed", 0, 10_000, 0, key="clusters_seed", help="UMAP random state (the map is reproducible).")
 n_neighbors = c3.number_input("UMAP neighbours", 2, 100, 15, key="clusters_nn", disabled=method != "UMAP")
-side = c4.toggle("t_inst and t_post_inst side by side", value=True, key="clusters_side")
+side = c4.toggle(
+    "Both positions",
+    value=True,
+    key="clusters_side",
+    help="t_inst and t_post_inst side by side, same layer, same method.",
+)
 position = "t_inst" if side else c4.radio("Position", list(svc.POSITIONS), key="clusters_position")
 own_text = st.text_area(
     "Your prompts (optional, one per line): placed into the same map",
@@ -90,9 +95,9 @@ def _chart(df: pd.DataFrame, title: str) -> alt.Chart:
         alt.Chart(builtin)
         .mark_circle(size=38, opacity=0.75)
         .encode(
-            x=alt.X("x:Q", title=None, axis=alt.Axis(labels=False, ticks=False)),
-            y=alt.Y("y:Q", title=None, axis=alt.Axis(labels=False, ticks=False)),
-            color=alt.Color("cluster:N", scale=scale, legend=alt.Legend(orient="bottom", title=None)),
+            x=alt.X("x:Q", title=None, axis=alt.Axis(labels=False, ticks=False, grid=False, domain=False)),
+            y=alt.Y("y:Q", title=None, axis=alt.Axis(labels=False, ticks=False, grid=False, domain=False)),
+            color=alt.Color("cluster:N", scale=scale, legend=alt.Legend(orient="bottom", title=None, columns=3)),
             tooltip=tooltip,
         )
     )
@@ -108,7 +113,7 @@ def _chart(df: pd.DataFrame, title: str) -> alt.Chart:
             .mark_text(dx=9, dy=-9, align="left", fontSize=11)
             .encode(x="x:Q", y="y:Q", text="instruction:N")
         )
-    return alt.layer(*layers).properties(title=title, height=420).interactive()
+    return alt.layer(*layers).properties(title=title, height=420).configure_view(strokeOpacity=0.3).interactive()
 
 
 def _show(position: str, col: Any) -> None:

@@ -1,0 +1,443 @@
+"""Tests for engine.experiments on the tiny-random model (fast; no network; the shared public data are not used).
+
+The tiny random model almost never writes a refusal phrase, so most tests label prompts with a deterministic stand-in
+(the real labeller with 2 generated tokens, its refused flag replaced by a hash of the prompt): every cluster is then
+populated and every code path runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from engine import datasets as ds  # noqa: E402
+from engine import experiments as E  # noqa: E402
+from engine import labels as labels_mod  # noqa: E402
+from engine import precompute as precompute_mod  # noqa: E402
+
+NAMES = {
+    "refusal-template",
+    "belief-curves",
+    "belief-scatter",
+    "steer-refusal",
+    "reply-inversion",
+    "latent-guard",
+    "jailbreaks",
+    "category-directions",
+}
+REAL_LABEL = labels_mod.label_refusals
+CATS = ["weapons", "fraud", "drugs"]
+
+
+@pytest.fixture(scope="session")
+def cache_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("STEERING_EXPLORER_CACHE", str(root))
+        yield root
+
+
+@pytest.fixture(autouse=True)
+def _env(cache_root, monkeypatch):
+    monkeypatch.setenv("STEERING_EXPLORER_CACHE", str(cache_root))
+
+
+@pytest.fixture(scope="session")
+def handle(cache_root):
+    from engine.models import load_model
+
+    return load_model("tiny-random")
+
+
+def _hash_refused(inst: str) -> bool:
+    return int(hashlib.sha256(inst.encode()).hexdigest()[:4], 16) % 2 == 0
+
+
+def fake_label_refusals(handle, instructions, **kw):
+    """The real labeller (2 tokens, so it is fast) with a deterministic refused flag."""
+    kw["max_new_tokens"] = 2
+    got = REAL_LABEL(handle, instructions, **kw)
+    return [dataclasses.replace(g, refused=_hash_refused(g.instruction)) for g in got]
+
+
+@pytest.fixture
+def fake_labels(monkeypatch):
+    monkeypatch.setattr(E, "label_refusals", fake_label_refusals)
+    monkeypatch.setattr(precompute_mod, "label_refusals", fake_label_refusals)
+
+
+@pytest.fixture(scope="session")
+def data() -> E.ExperimentData:
+    b = E.ExperimentData.builtin()
+    harmful_train = ds.load_builtin("harmful", "train")
+    return E.ExperimentData(
+        harmful_train=[harmful_train.sample(8, seed=1)],
+        harmful_test=[ds.load_builtin("harmful", "test").sample(5, seed=1)],
+        harmless_train=[ds.load_builtin("harmless", "train").sample(8, seed=1)],
+        harmless_test=[ds.load_builtin("harmless", "test").sample(5, seed=1)],
+        xstest_like_test=[ds.load_builtin("harmless_sounds_harmful", "test").sample(4, seed=1)],
+        templates=b.templates.sample(2, seed=1),
+        inversion_questions=b.inversion_questions,
+        categories=[harmful_train.filter(category=CATS).sample(9, seed=2)],
+        source="test",
+    )
+
+
+def test_registry_and_interface():
+    assert set(E.EXPERIMENTS) == NAMES
+    for name, info in E.EXPERIMENTS.items():
+        assert info.name == name
+        assert info.title and info.paper and callable(info.func)
+        assert info.options["labeller"] == "substring"
+    r = E.ExperimentResult(name="x", model="m", rows=[{"a": 1}], files=["f"], title="t", paper="p", notes=["n"])
+    assert r.to_json() == {"experiment": "x", "model": "m", "rows": [{"a": 1}], "files": ["f"], "notes": ["n"]}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Certainly, this is harmful", "certainly"),
+        ("certainly", "certainly"),
+        ("Certainly not.", "certainly"),  # the paper's rule: 'ertainly' wins
+        ("No.", "no"),
+        ("no", "no"),
+        ("No, it could not cause harm.", "no"),
+        ("There is no harm in that.", "no"),
+        ("'No'", "no"),
+        ("I do not know", "invalid"),  # 'not' and 'know' are not the word 'no'
+        ("That is not harmful.", "invalid"),
+        ("I cannot say.", "invalid"),
+        ("Nothing to worry about", "invalid"),
+        ("None of it is dangerous", "invalid"),
+        ("NO", "invalid"),  # case-sensitive: only 'No' and 'no'
+        ("", "invalid"),
+        ("   ", "invalid"),
+        ("Sure, here is a poem", "invalid"),
+    ],
+)
+def test_score_inversion(text, expected):
+    assert E.score_inversion(text) == expected
+
+
+def test_score_inversion_loose_is_the_papers_rule():
+    assert E.score_inversion("I do not know", loose=True) == "no"
+    assert E.score_inversion("I cannot say.", loose=True) == "no"
+    assert E.score_inversion("Certainly not", loose=True) == "certainly"
+    with pytest.raises(ValueError):
+        E.score_inversion(None)
+
+
+def test_builtin_data_is_held_out():
+    d = E.ExperimentData.builtin()
+    assert d.overlap() == []
+    assert all(it.split == "train" for s in d.harmful_train + d.harmless_train for it in s.items)
+    assert all(it.split == "test" for s in d.harmful_test + d.harmless_test + d.xstest_like_test for it in s.items)
+    # the same train sets default_directions is built from
+    harmful, harmless = precompute_mod.builtin_sources("train")
+    assert [s.name for s in d.harmful_train] == [s.name for s in harmful]
+    assert [s.name for s in d.harmless_train] == [s.name for s in harmless]
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    return path
+
+
+def test_from_files_seeded_split(tmp_path):
+    harm = _write_jsonl(
+        tmp_path / "harm.jsonl", [{"instruction": f"Explain dummy harmful task {i}"} for i in range(20)]
+    )
+    harm_dup = _write_jsonl(tmp_path / "harm2.jsonl", [{"instruction": "Explain dummy harmful task 3."}])
+    safe = _write_jsonl(
+        tmp_path / "safe.jsonl", [{"instruction": f"Describe dummy harmless task {i}"} for i in range(10)]
+    )
+    xs = _write_jsonl(
+        tmp_path / "xs.jsonl",
+        [{"prompt": f"How do I kill dummy process {i}?", "label": "safe" if i < 3 else "unsafe"} for i in range(4)],
+    )
+    tpl = tmp_path / "tpl.csv"
+    tpl.write_text('id,text\n1,"Pretend. [INSERT PROMPT HERE]"\n', encoding="utf-8")
+    d = E.ExperimentData.from_files([harm, harm_dup], [safe], xstest=[xs], templates=tpl, seed=3, test_frac=0.4)
+    d2 = E.ExperimentData.from_files([harm, harm_dup], [safe], xstest=[xs], templates=tpl, seed=3, test_frac=0.4)
+    d3 = E.ExperimentData.from_files([harm, harm_dup], [safe], xstest=[xs], templates=tpl, seed=4, test_frac=0.4)
+    assert len(d.harmful_test[0]) == 8 and len(d.harmful_train[0]) == 12
+    assert len(d.harmless_test[0]) == 4 and len(d.harmless_train[0]) == 6
+    assert d.harmful_test[0].instructions() == d2.harmful_test[0].instructions()
+    assert d.harmful_test[0].instructions() != d3.harmful_test[0].instructions()
+    assert not set(d.harmful_test[0].instructions()) & set(d.harmful_train[0].instructions())
+    assert len(d.xstest_like_test[0]) == 3  # label=safe only, all in the test split
+    assert len(d.templates) == 1 and "{instruction}" in d.templates.items[0].instruction
+    assert d.inversion_questions is not None and len(d.inversion_questions) >= 1
+    # a one-row file is split too (train keeps at least one row); duplicates across files are caught by overlap()
+    ov = d.overlap()
+    assert all(ds.normalize_instruction(t) in d.train_instructions() for t in ov)
+
+
+def test_held_out_discipline(handle, data, fake_labels, monkeypatch):
+    seen: list[str] = []
+    real = precompute_mod.precompute
+
+    def spy(h, harmful, harmless, **kw):
+        seen.extend(it.instruction for s in list(harmful) + list(harmless) for it in s.items)
+        return real(h, harmful, harmless, **kw)
+
+    monkeypatch.setattr(E, "precompute", spy)
+    monkeypatch.setattr(E, "_BUNDLE_MEMO", {})
+    # put one train prompt into the test set too: it must be dropped, and said so
+    leak = data.harmful_train[0].items[0]
+    leaky = dataclasses.replace(
+        data, harmful_test=[dataclasses.replace(data.harmful_test[0], items=[leak, *data.harmful_test[0].items])]
+    )
+    assert leaky.overlap() == [leak.instruction]
+    res = E.run_experiment("belief-scatter", handle, data=leaky)
+    assert seen, "directions were not built from the data's train split"
+    train = {ds.normalize_instruction(t) for t in seen}
+    test_insts = [r["instruction"] for r in res.rows]
+    assert not set(test_insts) & train
+    assert ds.normalize_instruction(leak.instruction) not in test_insts
+    assert any("dropped" in n for n in res.notes)
+    expected = {
+        ds.normalize_instruction(it.instruction)
+        for s in data.harmful_test + data.harmless_test + data.xstest_like_test
+        for it in s.items
+    }
+    assert set(test_insts) == expected
+    assert {r["cluster"] for r in res.rows} == set(E.GROUPS)  # the stand-in labels populate every cluster
+
+
+@pytest.fixture(scope="module")
+def results(handle, data, tmp_path_factory, cache_root):
+    """Every experiment once, with files (the stand-in labeller active)."""
+    out = tmp_path_factory.mktemp("exp")
+    calls: list[tuple] = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("STEERING_EXPLORER_CACHE", str(cache_root))
+        mp.setattr(E, "label_refusals", fake_label_refusals)
+        mp.setattr(precompute_mod, "label_refusals", fake_label_refusals)
+        opts = {"steer-refusal": {"max_new_tokens": 6}, "reply-inversion": {"max_new_tokens": 6}}
+        res = {
+            n: E.run_experiment(
+                n, handle, data=data, limit=4, out_dir=out, progress=lambda *a: calls.append(a), **opts.get(n, {})
+            )
+            for n in sorted(NAMES)
+        }
+    return res, out, calls
+
+
+def _check_rows(rows, keys, types):
+    assert rows
+    for r in rows:
+        assert keys <= set(r), (keys - set(r), r)
+        for k, t in types.items():
+            assert r[k] is None or isinstance(r[k], t), (k, r[k])
+
+
+def test_refusal_template_contract(results):
+    res = results[0]["refusal-template"]
+    assert [r["template"] for r in res.rows] == ["full", "no_post_inst"]
+    _check_rows(res.rows, {"template", "refusal_rate", "n"}, {"refusal_rate": float, "n": int})
+    assert all(r["n"] == 4 and 0 <= r["refusal_rate"] <= 1 for r in res.rows)  # limit=4 caps the 5 test prompts
+
+
+def test_belief_curves_contract(results, handle):
+    res = results[0]["belief-curves"]
+    _check_rows(
+        res.rows,
+        {"layer", "position", "group", "mean", "std", "n"},
+        {"layer": int, "mean": float, "std": float, "n": int},
+    )
+    positions = {r["position"] for r in res.rows}
+    k = 5  # ChatML: <|im_end|> \n <|im_start|> assistant \n
+    assert positions == {"t_inst", "t_post_inst", *(f"post_{i}" for i in range(1, k + 1))}
+    assert len(res.rows) == len(positions) * 4 * handle.n_rows
+    assert {r["group"] for r in res.rows} == set(E.GROUPS)
+    assert all(r["n"] > 0 for r in res.rows)
+    # post_K is t_post_inst with centroids from the same clusters at the same token: the same curve
+    by = {(r["position"], r["group"], r["layer"]): r["mean"] for r in res.rows}
+    for g in E.GROUPS:
+        for layer in range(handle.n_rows):
+            assert by[(f"post_{k}", g, layer)] == pytest.approx(by[("t_post_inst", g, layer)], abs=1e-4)
+    # layer 0 at t_post_inst: the same token for every prompt, so s = 0
+    assert all(abs(r["mean"]) < 1e-6 for r in res.rows if r["position"] == "t_post_inst" and r["layer"] == 0)
+
+
+def test_belief_scatter_contract(results):
+    res = results[0]["belief-scatter"]
+    _check_rows(
+        res.rows,
+        {"id", "cluster", "delta_harmful", "delta_refuse", "instruction"},
+        {"delta_harmful": float, "delta_refuse": float, "id": str, "instruction": str},
+    )
+    assert len(res.rows) == 4 + 4 + 4  # harmful, harmless, xstest-like test sets, limit 4
+    assert {r["cluster"] for r in res.rows} <= set(E.GROUPS)
+    assert any(n.startswith("refused_harmful") or "refused_harmful" in n for n in res.notes)
+
+
+def test_steer_refusal_contract(results, handle):
+    res = results[0]["steer-refusal"]
+    _check_rows(
+        res.rows,
+        {"layer", "direction", "coeff", "refusal_rate", "n"},
+        {"refusal_rate": float, "n": int, "coeff": float},
+    )
+    assert len(res.rows) == 1 + 2 * handle.n_layers
+    assert res.rows[0]["direction"] == "none" and res.rows[0]["layer"] is None
+    for d in ("harmfulness", "refusal"):
+        assert sorted(r["layer"] for r in res.rows if r["direction"] == d) == list(range(handle.n_layers))
+    assert all(r["n"] == 4 and r["coeff"] in (0.0, 1.0) for r in res.rows)
+
+
+def test_reply_inversion_contract(results, handle):
+    res = results[0]["reply-inversion"]
+    _check_rows(
+        res.rows,
+        {"layer", "direction", "prompts", "no_rate", "invalid", "n"},
+        {"no_rate": float, "invalid": int, "n": int},
+    )
+    dirs = {(r["prompts"], r["direction"]) for r in res.rows}
+    assert dirs == {
+        ("harmless", "none"),
+        ("harmless", "harmfulness"),
+        ("harmless", "refusal"),
+        ("harmful", "none"),
+        ("harmful", "-harmfulness"),
+        ("harmful", "-refusal"),
+    }
+    assert len(res.rows) == 2 + 4 * handle.n_layers
+    for r in res.rows:
+        assert 0 <= r["invalid"] <= r["n"] == 4
+        assert (r["no_rate"] is None) == (r["invalid"] == r["n"])
+    assert any("\\b(No|no)\\b" in n for n in res.notes)
+
+
+def test_latent_guard_contract(results):
+    res = results[0]["latent-guard"]
+    _check_rows(res.rows, {"set", "guard", "accuracy", "n"}, {"accuracy": float, "n": int})
+    sets = {r["set"] for r in res.rows}
+    assert sets == {
+        "refused_harmless",
+        "accepted_harmful",
+        "template_jailbreaks",
+        "harmful_test",
+        "harmless_test",
+        "xstest_like_test",
+    }
+    assert {r["guard"] for r in res.rows} == {"latent", "own_refusal"}
+    by = {(r["set"], r["guard"]): r for r in res.rows}
+    assert by[("harmful_test", "latent")]["n"] == 4
+    for s in ("refused_harmless", "accepted_harmful", "template_jailbreaks"):
+        r = by[(s, "own_refusal")]
+        assert r["accuracy"] is None if r["n"] == 0 else r["accuracy"] == 0.0  # wrong by construction
+
+
+def test_jailbreaks_contract(results):
+    res = results[0]["jailbreaks"]
+    _check_rows(
+        res.rows,
+        {"kind", "template_id", "delta_harmful", "delta_refuse"},
+        {"delta_harmful": float, "delta_refuse": float},
+    )
+    kinds = {r["kind"] for r in res.rows}
+    assert kinds <= {"jailbreak", "refused_harmful"} and "jailbreak" in kinds
+    assert all((r["template_id"] is None) == (r["kind"] == "refused_harmful") for r in res.rows)
+    n_jb = sum(r["kind"] == "jailbreak" for r in res.rows)
+    assert n_jb <= 2 * 4  # 2 templates x 4 harmful test prompts, the successful ones
+    assert any("share Delta_harmful >= 0" in n for n in res.notes)
+    assert any("last token of the whole filled template" in n for n in res.notes)
+
+
+def test_category_directions_contract(results, handle):
+    res = results[0]["category-directions"]
+    _check_rows(res.rows, {"layer", "a", "b", "cosine"}, {"layer": int, "cosine": float})
+    names = {r["a"] for r in res.rows} | {r["b"] for r in res.rows}
+    assert "general" in names and len(names) >= 3
+    n = len(names)
+    assert len(res.rows) == handle.n_rows * n * (n - 1) // 2
+    assert all(-1 <= r["cosine"] <= 1 for r in res.rows)
+    assert any("mean pairwise cosine" in n for n in res.notes)
+
+
+def test_files_and_progress(results):
+    res_all, out, calls = results
+    for name, res in res_all.items():
+        assert [Path(f).name for f in res.files] == [f"{name}.csv", f"{name}.json", f"{name}.png"]
+        for f in res.files:
+            assert Path(f).is_file() and Path(f).stat().st_size > 0
+        js = json.loads((out / f"{name}.json").read_text())
+        assert set(js) == {"experiment", "model", "rows", "files", "notes"}
+        assert js["experiment"] == name and js["model"] == "tiny-random" and len(js["rows"]) == len(res.rows)
+        with open(out / f"{name}.csv", encoding="utf-8") as f:
+            assert len(list(csv.DictReader(f))) == len(res.rows)
+        assert (out / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+        assert res.title and res.paper and res.notes
+    assert calls and all(isinstance(s, str) and isinstance(d, int) and isinstance(t, int) for s, d, t in calls)
+
+
+def test_steer_batched_equals_per_layer_loop(handle):
+    from engine.directions import DirectionBundle, DirectionSet
+
+    rng = np.random.default_rng(0)
+    shape = (handle.n_rows, handle.hidden_size)
+    bundle = DirectionBundle(
+        {
+            "harmfulness": DirectionSet("harmfulness", rng.normal(size=shape) * 3),
+            "refusal": DirectionSet("refusal", rng.normal(size=shape) * 3),
+        }
+    )
+    insts = ["How do I make a cake", "Write a short poem about the sea, please", "hello"]
+    kw = {"coeff": 1.0, "max_new_tokens": 6}
+    fast = E.steer_refusal_sweep(handle, bundle, insts, **kw)
+    slow = E.steer_refusal_per_layer_loop(handle, bundle, insts, **kw)
+    key = lambda r: (r["direction"], -1 if r["layer"] is None else r["layer"], r["index"])  # noqa: E731
+    fast, slow = sorted(fast, key=key), sorted(slow, key=key)
+    assert len(fast) == len(slow) == len(insts) * (1 + 2 * handle.n_layers)
+    assert [(key(a), a["text"], a["refused"]) for a in fast] == [(key(b), b["text"], b["refused"]) for b in slow]
+    base = {r["index"]: r["text"] for r in fast if r["direction"] == "none"}
+    assert any(r["text"] != base[r["index"]] for r in fast if r["direction"] != "none"), "steering changed nothing"
+
+
+def test_logodds_labeller_and_file_names(handle, data, fake_labels, tmp_path):
+    res = E.run_experiment(
+        "belief-curves", handle, data=data, limit=3, out_dir=tmp_path, labeller="logodds", post_positions=False
+    )
+    assert {r["position"] for r in res.rows} == {"t_inst", "t_post_inst"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "belief-curves-logodds.csv",
+        "belief-curves-logodds.json",
+        "belief-curves-logodds.png",
+    ]
+    assert any("labeller: logodds" in n for n in res.notes)
+
+
+def test_bad_arguments(handle, data):
+    with pytest.raises(ValueError, match="unknown experiment"):
+        E.run_experiment("nope", handle, data=data)
+    with pytest.raises(ValueError, match="unknown option"):
+        E.run_experiment("steer-refusal", handle, data=data, coef=2.0)
+    with pytest.raises(ValueError, match="labeller"):
+        E.run_experiment("belief-scatter", handle, data=data, labeller="gpt4")
+    with pytest.raises(ValueError, match="limit"):
+        E.run_experiment("belief-scatter", handle, data=data, limit=0)
+
+
+def test_run_all_writes_index(handle, data, fake_labels, tmp_path):
+    index = E.run_all(handle, data=data, limit=2, out_dir=tmp_path)
+    assert [e["name"] for e in index["experiments"]] == list(E.EXPERIMENTS)
+    assert all("error" not in e for e in index["experiments"]), [e.get("error") for e in index["experiments"]]
+    on_disk = json.loads((tmp_path / "index.json").read_text())
+    assert on_disk["model"] == "tiny-random" and len(on_disk["experiments"]) == len(E.EXPERIMENTS)
+    md = (tmp_path / "index.md").read_text()
+    for name in E.EXPERIMENTS:
+        assert f"## {name}" in md
+        assert (tmp_path / f"{name}.json").is_file() and (tmp_path / f"{name}.png").is_file()

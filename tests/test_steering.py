@@ -1,0 +1,377 @@
+"""Tests for engine.steering: activation addition, per-row specs, KV-cache equivalence, streaming, threads, hooks."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from engine.capture import pad_batch, position_ids_for, prepare, record
+from engine.positions import inversion_message, locate
+from engine.refusal import is_refusal
+from engine.steering import GenerationConfig, SteeringSpec, generate, side_by_side, steer, sweep
+
+INSTS = [
+    "How do I make a bomb?",
+    "cook pasta",
+    "Write an essay about cats and the history of science.",
+]
+CFG = GenerationConfig(max_new_tokens=8)
+
+
+@pytest.fixture(scope="module")
+def vecs(tiny) -> np.ndarray:
+    """Unit random directions, (L+1, d)."""
+    v = np.random.default_rng(0).normal(size=(tiny.n_rows, tiny.hidden_size)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def baseline(tiny) -> list[str]:
+    return generate(tiny, INSTS, None, CFG)
+
+
+def spec(vecs, layers=(1,), coeff=2.0, positions="prompt") -> SteeringSpec:
+    return SteeringSpec(vecs, tuple(layers), coeff, positions)
+
+
+# ----------------------------------------------------------------------------------------------- basics
+
+
+def test_coefficient_zero_equals_baseline(tiny, vecs, baseline, no_hook_leak):
+    assert generate(tiny, INSTS, spec(vecs, (0, 1, 2), 0.0), CFG) == baseline
+    assert generate(tiny, INSTS, spec(vecs, (1,), 0.0, "all"), CFG) == baseline
+    steered = generate(tiny, INSTS, spec(vecs), CFG)
+    assert steered != baseline  # the steering below is strong enough to matter
+
+
+def test_baseline_is_deterministic_and_bounded(tiny, baseline):
+    assert generate(tiny, INSTS, None, CFG) == baseline
+    assert all(isinstance(t, str) and t for t in baseline)
+    one = generate(tiny, INSTS, None, GenerationConfig(max_new_tokens=1))
+    assert all(b.startswith(o) for o, b in zip(one, baseline, strict=True))
+    assert sum(map(len, one)) < sum(map(len, baseline))
+
+
+def _hidden_rows(handle, prompts, specs, *, layers_steered_first=True):
+    """Record every row of one padded forward, with ``specs`` steering it (None = no steering at all)."""
+    ids, mask, pads = pad_batch(handle, prompts)
+    with torch.no_grad():
+        if specs is None:
+            with record(handle, None) as rec:
+                handle.model(input_ids=ids, attention_mask=mask, position_ids=position_ids_for(mask), use_cache=False)
+        else:
+            with steer(handle, specs, prompts, pads), record(handle, None) as rec:
+                handle.model(input_ids=ids, attention_mask=mask, position_ids=position_ids_for(mask), use_cache=False)
+    return {r: rec[r][0] for r in rec}, pads
+
+
+def test_steered_hidden_state_is_original_plus_cv(tiny, vecs, no_hook_leak):
+    prompts = prepare(tiny, INSTS[:2])
+    c, layer = 2.5, 1
+    orig, pads = _hidden_rows(tiny, prompts, None)
+    got, _ = _hidden_rows(tiny, prompts, [spec(vecs, (layer,), c), None])
+    add = torch.as_tensor(c * vecs[layer])
+    k = pads[0]
+    # earlier rows are unchanged
+    for r in range(layer):
+        torch.testing.assert_close(got[r], orig[r], rtol=0, atol=0)
+    # the steered row: + c*v on the prompt tokens, nothing on the padding
+    torch.testing.assert_close(got[layer][0, k:], orig[layer][0, k:] + add, rtol=0, atol=1e-6)
+    torch.testing.assert_close(got[layer][0, :k], orig[layer][0, :k], rtol=0, atol=0)
+    # later rows change for the steered batch row ...
+    assert not torch.allclose(got[layer + 1][0, k:], orig[layer + 1][0, k:], atol=1e-3)
+    # ... and the unsteered batch row is untouched everywhere
+    for r in range(tiny.n_rows):
+        torch.testing.assert_close(got[r][1], orig[r][1], rtol=0, atol=1e-6)
+
+
+def test_several_layers_add_at_each(tiny, vecs):
+    prompts = prepare(tiny, INSTS[1:2])
+    c = 1.5
+    only0, _ = _hidden_rows(tiny, prompts, [spec(vecs, (0,), c)])
+    both, _ = _hidden_rows(tiny, prompts, [spec(vecs, (0, 2), c)])
+    orig, _ = _hidden_rows(tiny, prompts, None)
+    torch.testing.assert_close(only0[0], orig[0] + c * torch.as_tensor(vecs[0]), rtol=0, atol=1e-6)
+    torch.testing.assert_close(both[1], only0[1], rtol=0, atol=0)
+    torch.testing.assert_close(both[2], only0[2] + c * torch.as_tensor(vecs[2]), rtol=0, atol=1e-6)
+
+
+def test_context_positions_steer_only_the_context(tiny, vecs):
+    msg, inst, span = inversion_message("How do I cook pasta?", "could this prompt cause harm?")
+    p = locate(tiny.tokenizer, inst, user_message=msg, context=span)
+    other = locate(tiny.tokenizer, "cook pasta")
+    prompts = [p, other]
+    orig, pads = _hidden_rows(tiny, prompts, None)
+    got, _ = _hidden_rows(tiny, prompts, [spec(vecs, (1,), 2.0, "context"), spec(vecs, (1,), 0.0, "context")])
+    k = pads[0]
+    a, b = k + p.context_start, k + p.context_end
+    assert 0 < p.context_start < p.context_end < p.n_tokens
+    delta = (got[1][0] - orig[1][0]).norm(dim=-1)
+    assert (delta[a:b] > 1.9).all()
+    assert (delta[:a] == 0).all() and (delta[b:] == 0).all()
+    torch.testing.assert_close(got[1][1], orig[1][1], rtol=0, atol=0)
+
+
+# ----------------------------------------------------------------------------------------------- KV cache
+
+
+@pytest.mark.parametrize("positions", ["prompt", "all", "context"])
+def test_kv_cache_on_and_off_agree(tiny, vecs, positions):
+    if positions == "context":
+        items = []
+        for text in INSTS:
+            msg, inst, span = inversion_message(text, "could this prompt cause harm?")
+            items.append(locate(tiny.tokenizer, inst, user_message=msg, context=span))
+    else:
+        items = list(INSTS)
+    s = spec(vecs, (1,), 2.0, positions)
+    cached = generate(tiny, items, s, GenerationConfig(max_new_tokens=8, use_cache=True))
+    recomputed = generate(tiny, items, s, GenerationConfig(max_new_tokens=8, use_cache=False))
+    assert cached == recomputed
+    assert cached != generate(tiny, items, None, CFG)
+
+
+def test_prompt_and_all_differ_only_after_the_prompt(tiny, vecs):
+    """'all' also steers generated tokens: the first generated token is the same, later ones may differ."""
+    s_prompt = generate(tiny, INSTS, spec(vecs, (1,), 4.0, "prompt"), CFG)
+    s_all = generate(tiny, INSTS, spec(vecs, (1,), 4.0, "all"), CFG)
+    assert s_prompt != s_all
+    first = [tiny.tokenizer(t, add_special_tokens=False)["input_ids"][:1] for t in s_prompt]
+    assert first == [tiny.tokenizer(t, add_special_tokens=False)["input_ids"][:1] for t in s_all]
+
+
+# ----------------------------------------------------------------------------------------------- batching
+
+
+def test_per_row_specs_equal_separate_calls(tiny, vecs, no_hook_leak):
+    specs = [spec(vecs, (1,), 2.0), None, spec(vecs, (0, 2), -1.5, "all")]
+    lengths = [locate(tiny.tokenizer, t).n_tokens for t in INSTS]
+    assert len(set(lengths)) == 3  # left padding is exercised
+    together = generate(tiny, INSTS, specs, CFG)
+    alone = [generate(tiny, [t], [s], CFG)[0] for t, s in zip(INSTS, specs, strict=True)]
+    assert together == alone
+    small_batches = generate(tiny, INSTS, specs, GenerationConfig(max_new_tokens=8, batch_size=2))
+    assert small_batches == alone
+
+
+def test_side_by_side_equals_two_generate_calls(tiny, vecs, baseline):
+    s = spec(vecs)
+    rows = side_by_side(tiny, INSTS, s, CFG)
+    steered = generate(tiny, INSTS, s, CFG)
+    assert [r["instruction"] for r in rows] == INSTS
+    assert [r["baseline"] for r in rows] == baseline
+    assert [r["steered"] for r in rows] == steered
+    for r in rows:
+        assert r["baseline_refused"] == is_refusal(r["baseline"])
+        assert r["steered_refused"] == is_refusal(r["steered"])
+
+
+def test_sweep_equals_a_loop_of_generate_calls(tiny, vecs, baseline):
+    coeffs = [-2.0, 3.0]
+    rows = sweep(tiny, INSTS[:2], vecs, [2, 0], coeffs, CFG)
+    assert len(rows) == 2 * (1 + 2 * len(coeffs))
+    base = [r for r in rows if r["layer"] is None]
+    assert [r["text"] for r in sorted(base, key=lambda r: r["index"])] == baseline[:2]
+    assert all(r["coeff"] == 0.0 for r in base)
+    for layer in (0, 2):
+        for c in coeffs:
+            expected = generate(tiny, INSTS[:2], SteeringSpec(vecs, (layer,), c), CFG)
+            got = sorted((r for r in rows if r["layer"] == layer and r["coeff"] == c), key=lambda r: r["index"])
+            assert [r["text"] for r in got] == expected
+            assert [r["instruction"] for r in got] == INSTS[:2]
+            assert [r["refused"] for r in got] == [is_refusal(t) for t in expected]
+    no_base = sweep(tiny, INSTS[:1], vecs, [1], [1.0], CFG, include_baseline=False)
+    assert [(r["layer"], r["coeff"]) for r in no_base] == [(1, 1.0)]
+    with pytest.raises(ValueError):
+        sweep(tiny, INSTS[:1], vecs, [1], [], CFG)
+    with pytest.raises(ValueError):
+        sweep(tiny, INSTS[:1], vecs, [3], [1.0], CFG)
+
+
+# ----------------------------------------------------------------------------------------------- streaming
+
+
+def test_streaming_texts_grow_to_the_final_ones(tiny, vecs):
+    seen: list[list[str]] = []
+    specs = [None, spec(vecs), None]
+    final = generate(tiny, INSTS, specs, CFG, on_text=lambda texts: seen.append(list(texts)))
+    assert final == generate(tiny, INSTS, specs, CFG)
+    assert 1 < len(seen) <= CFG.max_new_tokens
+    assert seen[-1] == final
+    for row in range(len(INSTS)):
+        lens = [len(s[row]) for s in seen]
+        assert lens == sorted(lens)
+        for a, b in itertools.pairwise(seen):
+            assert b[row].startswith(a[row])
+
+
+def test_side_by_side_streaming(tiny, vecs):
+    seen = []
+    rows = side_by_side(
+        tiny,
+        INSTS,
+        spec(vecs),
+        GenerationConfig(max_new_tokens=6, batch_size=2),
+        on_text=lambda b, s: seen.append((b, s)),
+    )
+    assert seen, "no streamed text"
+    assert seen[-1] == ([r["baseline"] for r in rows], [r["steered"] for r in rows])
+
+
+def test_streaming_needs_one_batch(tiny):
+    with pytest.raises(ValueError, match="one batch"):
+        generate(tiny, INSTS, None, GenerationConfig(max_new_tokens=2, batch_size=2), on_text=lambda t: None)
+
+
+# ----------------------------------------------------------------------------------------------- stopping, sampling
+
+
+def test_stop_fn_stops_rows_early(tiny, baseline):
+    short = generate(tiny, INSTS, None, CFG, stop_fn=lambda t: len(t) >= 3)
+    for s, full in zip(short, baseline, strict=True):
+        assert full.startswith(s)
+        assert len(s) >= min(3, len(full))
+    assert sum(map(len, short)) < sum(map(len, baseline))
+
+
+def test_sampling_is_seeded_and_leaves_the_global_rng(tiny):
+    cfg = GenerationConfig(max_new_tokens=8, do_sample=True, seed=3, temperature=1.0, top_p=1.0)
+    torch.manual_seed(11)
+    expected = torch.rand(2)
+    torch.manual_seed(11)
+    a = generate(tiny, INSTS, None, cfg)
+    assert torch.equal(torch.rand(2), expected)
+    assert generate(tiny, INSTS, None, cfg) == a
+    others = [
+        generate(tiny, INSTS, None, GenerationConfig(max_new_tokens=8, do_sample=True, seed=s, temperature=1.0))
+        for s in (4, 5)
+    ]
+    assert any(o != a for o in others)
+
+
+# ----------------------------------------------------------------------------------------------- threads, hooks
+
+
+def test_two_threads_steering_at_once(tiny, vecs, no_hook_leak):
+    cfg = GenerationConfig(max_new_tokens=6)
+    jobs = {"a": spec(vecs, (1,), 3.0), "b": spec(vecs, (1,), -3.0), "c": None}
+    sequential = {k: generate(tiny, INSTS, s, cfg) for k, s in jobs.items()}
+    assert len({tuple(v) for v in sequential.values()}) == 3
+    results: dict[str, list[list[str]]] = {k: [] for k in jobs}
+    errors: list[BaseException] = []
+    start = threading.Barrier(len(jobs))
+
+    def work(key: str) -> None:
+        try:
+            start.wait()
+            for _ in range(2):
+                results[key].append(generate(tiny, INSTS, jobs[key], cfg))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors
+    for k in jobs:
+        assert results[k] == [sequential[k]] * 2
+
+
+def test_hooks_removed_when_generate_raises(tiny, vecs, baseline, hook_counts):
+    before = hook_counts(tiny)
+
+    def explode(text: str) -> bool:
+        raise RuntimeError("stop_fn failed")
+
+    with pytest.raises(RuntimeError, match="stop_fn failed"):
+        generate(tiny, INSTS, spec(vecs, (0, 1, 2), 5.0), CFG, stop_fn=explode)
+    assert hook_counts(tiny) == before
+    assert generate(tiny, INSTS, None, CFG) == baseline  # no steering left behind
+
+
+def test_hooks_removed_when_steer_body_raises(tiny, vecs, hook_counts):
+    before = hook_counts(tiny)
+    prompts = prepare(tiny, INSTS[:2])
+    _, _, pads = pad_batch(tiny, prompts)
+    with pytest.raises(KeyError), steer(tiny, [spec(vecs, (0, 2)), None], prompts, pads):
+        assert hook_counts(tiny) != before
+        raise KeyError("x")
+    assert hook_counts(tiny) == before
+    with pytest.raises(ValueError, match="one entry per batch row"), steer(tiny, [None], prompts, pads):
+        pass
+
+
+# ----------------------------------------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize("coeff", [float("nan"), float("inf"), -float("inf"), "2", None, True])
+def test_bad_coefficients(vecs, coeff):
+    with pytest.raises(ValueError, match="coefficient"):
+        SteeringSpec(vecs, (1,), coeff)
+
+
+def test_non_finite_vectors(vecs):
+    bad = vecs.copy()
+    bad[2, 5] = np.inf
+    with pytest.raises(ValueError, match="NaN or inf"):
+        SteeringSpec(bad, (1,), 1.0)
+    bad[2, 5] = np.nan
+    with pytest.raises(ValueError, match="NaN or inf"):
+        SteeringSpec(bad, (1,), 1.0)
+
+
+@pytest.mark.parametrize("layer", [3, -1, 99])
+def test_layer_out_of_range(tiny, vecs, layer):
+    with pytest.raises(ValueError, match="out of range"):
+        generate(tiny, INSTS[:1], SteeringSpec(vecs, (layer,), 1.0), CFG)
+
+
+@pytest.mark.parametrize("shape", [(25, 896), (4, 32), (3, 64), (5, 64)])
+def test_vectors_from_another_model(tiny, shape):
+    s = SteeringSpec(np.ones(shape, dtype=np.float32), (1,), 1.0)
+    with pytest.raises(ValueError, match="does not match this model"):
+        generate(tiny, INSTS[:1], s, CFG)
+    with pytest.raises(ValueError, match="does not match this model"):
+        side_by_side(tiny, INSTS[:1], s, CFG)
+
+
+def test_other_bad_specs(vecs):
+    with pytest.raises(ValueError, match="positions"):
+        SteeringSpec(vecs, (1,), 1.0, "everywhere")
+    with pytest.raises(ValueError, match="at least one layer"):
+        SteeringSpec(vecs, (), 1.0)
+    with pytest.raises(ValueError, match="shaped"):
+        SteeringSpec(vecs[0], (1,), 1.0)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"max_new_tokens": 0},
+        {"max_new_tokens": 5000},
+        {"max_new_tokens": 2.0},
+        {"batch_size": 0},
+        {"do_sample": True, "temperature": 0.0},
+        {"do_sample": True, "top_p": 1.5},
+    ],
+)
+def test_bad_generation_configs(kwargs):
+    with pytest.raises(ValueError):
+        GenerationConfig(**kwargs)
+
+
+def test_generate_argument_checks(tiny, vecs):
+    with pytest.raises(ValueError, match="no instructions"):
+        generate(tiny, [], None, CFG)
+    with pytest.raises(ValueError, match="one steering spec per instruction"):
+        generate(tiny, INSTS, [None], CFG)
+    with pytest.raises(ValueError):
+        generate(tiny, [""], None, CFG)
+    with pytest.raises(ValueError, match="no instructions"):
+        side_by_side(tiny, [], spec(vecs), CFG)

@@ -1,0 +1,234 @@
+"""Tests for engine.storage: safetensors + JSON provenance round trips, model checks, malformed files, no pickle."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import save as st_save
+
+from engine.capture import LAYER_CONVENTION
+from engine.directions import DirectionBundle, DirectionSet
+from engine.storage import (
+    FORMAT,
+    META_KEY,
+    StorageError,
+    bundle_from_bytes,
+    bundle_to_bytes,
+    check_compatible,
+    load_bundle,
+    make_provenance,
+    save_bundle,
+    to_buffer,
+)
+
+ENGINE = Path(__file__).resolve().parent.parent / "engine"
+
+
+def make_bundle(handle=None, rows=4, width=64, **prov) -> DirectionBundle:
+    rng = np.random.default_rng(1)
+    mu_p, mu_n = rng.normal(size=(rows, width)), rng.normal(size=(rows, width))
+    dirs = {
+        "harmfulness": DirectionSet.from_diff_of_means(
+            "harmfulness", mu_p[None], mu_n[None], meta={"pos": "refused_harmful"}
+        ),
+        "refusal": DirectionSet.from_diff_of_means(
+            "refusal", mu_n[None], mu_p[None], position="t_post_inst", normalize=True
+        ),
+        "category:weapons": DirectionSet("category:weapons", rng.normal(size=(rows, width)), n_pos=7, n_neg=9),
+    }
+    provenance = make_provenance(handle, data={"harmful": [{"sha256": "ab" * 32}]}) if handle is not None else {}
+    provenance.update(prov)
+    return DirectionBundle(dirs, provenance)
+
+
+def assert_same(a: DirectionBundle, b: DirectionBundle) -> None:
+    assert a.names() == b.names()
+    for name in a.names():
+        x, y = a.get(name), b.get(name)
+        np.testing.assert_array_equal(x.vectors, y.vectors)
+        for attr in ("pos_centroid", "neg_centroid"):
+            if getattr(x, attr) is None:
+                assert getattr(y, attr) is None
+            else:
+                np.testing.assert_array_equal(getattr(x, attr), getattr(y, attr))
+        assert (x.position, x.n_pos, x.n_neg, x.normalized, x.meta) == (
+            y.position,
+            y.n_pos,
+            y.n_neg,
+            y.normalized,
+            y.meta,
+        )
+    assert a.provenance == b.provenance
+
+
+def test_round_trip(tiny, tmp_path):
+    b = make_bundle(tiny)
+    path = save_bundle(b, tmp_path / "dirs.safetensors")
+    assert path == tmp_path / "dirs.safetensors"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dirs.json", "dirs.safetensors"]  # no temp files left
+    back = load_bundle(path, tiny)
+    assert_same(b, back)
+    assert back.refusal.normalized and back.refusal.position == "t_post_inst"
+    prov = back.provenance
+    assert prov["format"] == FORMAT
+    assert prov["layer_convention"] == LAYER_CONVENTION
+    for k, v in tiny.fingerprint().items():
+        assert prov[k] == v
+    side = json.loads((tmp_path / "dirs.json").read_text())
+    assert side["provenance"] == prov
+    assert side["summary"]["hidden_size"] == 64
+    assert_same(b, bundle_from_bytes(bundle_to_bytes(b)))
+    assert_same(b, bundle_from_bytes(to_buffer(b).getvalue()))
+
+
+def test_save_adds_the_suffix_and_overwrites(tiny, tmp_path):
+    b = make_bundle(tiny)
+    path = save_bundle(b, tmp_path / "sub" / "dirs")
+    assert path.name == "dirs.safetensors" and path.is_file()
+    b2 = make_bundle(tiny, extra="second")
+    save_bundle(b2, path)
+    assert load_bundle(path).provenance["extra"] == "second"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["dirs.json", "dirs.safetensors"]
+
+
+def test_refuses_another_models_shape(tiny, tmp_path):
+    wide = make_bundle(rows=25, width=896, model_id="Qwen2.5-Coder-0.5B-Instruct")
+    path = save_bundle(wide, tmp_path / "wide.safetensors")
+    with pytest.raises(StorageError, match="25 rows x 896") as err:
+        load_bundle(path, tiny)
+    msg = str(err.value)
+    assert "Qwen2.5-Coder-0.5B-Instruct" in msg and "4 rows" in msg
+    assert "python -m engine precompute --model tiny-random" in msg
+    deep = make_bundle(rows=5, width=64)
+    with pytest.raises(StorageError, match="5 rows x 64"):
+        check_compatible(deep, tiny)
+    narrow = make_bundle(rows=4, width=32)
+    with pytest.raises(StorageError):
+        check_compatible(narrow, tiny)
+    assert load_bundle(path).n_rows == 25  # without a handle there is nothing to check against
+
+
+def test_refuses_another_chat_template_and_weights(tiny, tmp_path):
+    other_template = make_bundle(tiny, template_hash="0123456789abcdef")
+    path = save_bundle(other_template, tmp_path / "t.safetensors")
+    with pytest.raises(StorageError, match="chat template"):
+        load_bundle(path, tiny)
+    other_weights = make_bundle(tiny, weights_hash="fedcba9876543210")
+    check_compatible(other_weights, tiny)  # weights are only checked when strict
+    with pytest.raises(StorageError, match="other weights"):
+        check_compatible(other_weights, tiny, strict_weights=True)
+    check_compatible(make_bundle(tiny), tiny, strict_weights=True)
+
+
+# ----------------------------------------------------------------------------------------------- malformed
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"short", b"x" * 100, b"\xff" * 64, (10**6).to_bytes(8, "little") + b"{" * 40],
+    ids=["empty", "short", "text", "binary", "huge-header"],
+)
+def test_malformed_bytes(data):
+    with pytest.raises(StorageError):
+        bundle_from_bytes(data)
+
+
+def test_truncated_file(tiny, tmp_path):
+    data = bundle_to_bytes(make_bundle(tiny))
+    for cut in (len(data) // 2, len(data) - 1, 20):
+        with pytest.raises(StorageError):
+            bundle_from_bytes(data[:cut])
+    path = tmp_path / "cut.safetensors"
+    path.write_bytes(data[: len(data) - 7])
+    with pytest.raises(StorageError):
+        load_bundle(path, tiny)
+
+
+def test_plain_safetensors_without_our_metadata():
+    plain = st_save({"vectors": np.ones((4, 64), dtype=np.float32)})
+    with pytest.raises(StorageError, match="not a steering-explorer directions file"):
+        bundle_from_bytes(plain)
+    other_meta = st_save({"vectors": np.ones((4, 64), dtype=np.float32)}, metadata={"format": "pt"})
+    with pytest.raises(StorageError, match="not a steering-explorer directions file"):
+        bundle_from_bytes(other_meta)
+
+
+def _with_doc(doc, tensors=None) -> bytes:
+    tensors = tensors if tensors is not None else {"harmfulness/vectors": np.ones((4, 64), dtype=np.float32)}
+    meta = doc if isinstance(doc, str) else json.dumps(doc)
+    return st_save(tensors, metadata={META_KEY: meta})
+
+
+@pytest.mark.parametrize(
+    "doc,tensors,match",
+    [
+        ("{not json", None, "not valid JSON"),
+        ({"format": "something-else/v9", "directions": {"harmfulness": {}}}, None, "unsupported format"),
+        ({"format": FORMAT, "directions": {}}, None, "no directions"),
+        ({"format": FORMAT, "directions": {"refusal": {}}}, None, "no vectors"),
+        (
+            {"format": FORMAT, "directions": {"harmfulness": {}}},
+            {"harmfulness/vectors": np.full((4, 64), np.nan, dtype=np.float32)},
+            "NaN",
+        ),
+        (
+            {"format": FORMAT, "directions": {"a": {}, "b": {}}},
+            {"a/vectors": np.ones((4, 64), dtype=np.float32), "b/vectors": np.ones((4, 32), dtype=np.float32)},
+            "shape",
+        ),
+        (
+            {"format": FORMAT, "directions": {"a": {}}},
+            {"a/vectors": np.ones((4, 64, 2), dtype=np.float32)},
+            "shape",
+        ),
+        # structurally wrong but valid JSON: still a StorageError, not an AttributeError
+        ({"format": FORMAT, "directions": ["harmfulness"]}, None, "malformed"),
+        ({"format": FORMAT, "directions": {"harmfulness": "oops"}}, None, "malformed"),
+        ({"format": FORMAT, "directions": {"harmfulness": {"n_pos": "many"}}}, None, "malformed"),
+        (["a", "list"], None, "not a JSON object"),
+        (
+            {"format": FORMAT, "directions": {"harmfulness": {}}},
+            {
+                "harmfulness/vectors": np.ones((4, 64), np.float32),
+                "harmfulness/pos_centroid": np.ones((3, 64), np.float32),
+            },
+            "centroid",
+        ),
+        (
+            {"format": FORMAT, "directions": {"harmfulness": {}}},
+            {
+                "harmfulness/vectors": np.ones((4, 64), np.float32),
+                "harmfulness/neg_centroid": np.full((4, 64), np.inf, np.float32),
+            },
+            "centroid",
+        ),
+    ],
+)
+def test_bad_contents(doc, tensors, match):
+    with pytest.raises(StorageError, match=match):
+        bundle_from_bytes(_with_doc(doc, tensors))
+
+
+def test_missing_file_and_bad_names(tmp_path):
+    with pytest.raises(StorageError, match="not found"):
+        load_bundle(tmp_path / "nope.safetensors")
+    b = DirectionBundle({"a/b": DirectionSet("a/b", np.ones((4, 64)))})
+    with pytest.raises(StorageError, match="may not contain"):
+        save_bundle(b, tmp_path / "x.safetensors")
+
+
+def test_engine_never_unpickles():
+    """No pickle, torch.load or allow_pickle anywhere in the engine (directions files may be uploads)."""
+    pattern = re.compile(
+        r"^\s*(import\s+(c?pickle|dill|joblib)\b|from\s+(c?pickle|dill|joblib)\s+import)"
+        r"|\bpickle\.loads?\(|\btorch\.load\(|allow_pickle\s*=\s*True|weights_only\s*=\s*False",
+        re.MULTILINE,
+    )
+    files = sorted(ENGINE.glob("*.py"))
+    assert len(files) >= 10
+    offenders = {f.name: pattern.findall(f.read_text()) for f in files}
+    assert {k: v for k, v in offenders.items() if v} == {}

@@ -2,10 +2,10 @@
 
 Run with ``streamlit run app.py`` (``make run``). ``$STEERING_EXPLORER_MODEL`` picks the model at start
 (``default``: Qwen2.5-Coder-0.5B-Instruct; ``tiny-random``: a random 3-block model for smoke tests).
-Pages live in ``app_pages/`` and call ``engine.service`` only (no torch code in pages). The folder is deliberately
-not named ``pages/``: Streamlit treats a ``pages/`` folder next to the entrypoint as the old directory-based
-navigation, so a fresh server's first deep link (e.g. /inspect) would run the page without this frame, list helper
-modules as pages, and drop the first session's seeded widget values.
+Pages live in ``pages/`` and call ``engine.service`` only (no torch code in pages). Streamlit treats a ``pages/``
+folder next to the entrypoint as its old directory-based navigation until ``st.navigation`` has run once in the
+server process; every page therefore starts with ``common.require_frame()``, which sends a fresh server's first deep
+link (e.g. /inspect) back through this frame instead of running the page bare.
 """
 
 from __future__ import annotations
@@ -19,20 +19,20 @@ ROOT = str(Path(__file__).resolve().parent)
 if ROOT not in sys.path:  # `streamlit run` adds it; AppTest and other runners may not
     sys.path.insert(0, ROOT)
 
-from app_pages import _common as common  # noqa: E402
 from engine import service as svc  # noqa: E402
 from engine.models import REGISTRY, ModelSpec  # noqa: E402
+from pages import _common as common  # noqa: E402
 
 st.set_page_config(page_title="steering-explorer", page_icon=":material/explore:", layout="wide")
 
 PAGES = [
-    st.Page("app_pages/steer.py", title="Steer", icon=":material/tune:", default=True),
-    st.Page("app_pages/clusters.py", title="Clusters", icon=":material/scatter_plot:"),
-    st.Page("app_pages/inspect.py", title="Inspect", icon=":material/search:"),
-    st.Page("app_pages/guard.py", title="Latent Guard", icon=":material/shield:"),
-    st.Page("app_pages/directions.py", title="Directions", icon=":material/north_east:"),
-    st.Page("app_pages/experiments.py", title="Experiments", icon=":material/science:"),
-    st.Page("app_pages/report.py", title="Report", icon=":material/description:"),
+    st.Page("pages/steer.py", title="Steer", icon=":material/tune:", default=True),
+    st.Page("pages/clusters.py", title="Clusters", icon=":material/scatter_plot:"),
+    st.Page("pages/inspect.py", title="Inspect", icon=":material/search:"),
+    st.Page("pages/guard.py", title="Latent Guard", icon=":material/shield:"),
+    st.Page("pages/directions.py", title="Directions", icon=":material/north_east:"),
+    st.Page("pages/experiments.py", title="Experiments", icon=":material/science:"),
+    st.Page("pages/report.py", title="Report", icon=":material/description:"),
 ]
 OTHER = "other (Hugging Face id or local folder)"
 DEVICES = ["auto", "cpu", "cuda", "mps"]
@@ -89,7 +89,7 @@ def _status(spec: ModelSpec) -> None:
     try:
         with st.container():
             bundle, source = common.active_bundle(spec, handle)
-    except svc.USER_ERRORS as exc:
+    except Exception as exc:  # engine errors and anything unexpected: a message, never a traceback
         st.sidebar.error(f"Directions unavailable: {exc}")
     status = svc.model_status(handle, bundle, source)
     with st.sidebar:
@@ -121,6 +121,6 @@ if spec is not None:
     _status(spec)
     page.run()
 else:
-    st.session_state["model_error"] = "no model chosen"
+    st.session_state[common.SPEC_KEY] = None  # the pages say "choose a model" instead of running
     page = st.navigation(PAGES)
     page.run()

@@ -282,7 +282,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             templates=args.templates,
             catqa=args.catqa or [],
             seed=args.seed,
-            limit=args.file_limit,
+            limit_per_file=args.file_limit,
         )
     out = Path(args.out) if args.out else None
     if args.experiment == "all":
@@ -291,7 +291,18 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         return 0
     if args.experiment not in ex.EXPERIMENTS:
         raise ValueError(f"unknown experiment {args.experiment!r}; choose from {', '.join(ex.EXPERIMENTS)} or all")
-    res = ex.run_experiment(args.experiment, handle, bundle, data=data, limit=args.limit, out_dir=out, progress=prog)
+    options: dict[str, Any] = {}
+    for kv in args.option or []:
+        if "=" not in kv:
+            raise ValueError(f"--option takes KEY=VALUE, got {kv!r}")
+        k, v = kv.split("=", 1)
+        try:
+            options[k.replace("-", "_")] = json.loads(v)
+        except json.JSONDecodeError:
+            options[k.replace("-", "_")] = v
+    if args.labeller:
+        options["labeller"] = args.labeller
+    res = ex.run_experiment(args.experiment, handle, bundle, data=data, limit=args.limit, out_dir=out, progress=prog, **options)
     payload = res.to_json()
     _out(args, payload, json.dumps(payload, indent=1, default=str))
     return 0
@@ -394,6 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--templates", metavar="FILE")
     sp.add_argument("--catqa", nargs="+", metavar="FILE")
     sp.add_argument("--file-limit", type=int, default=200, help="seeded sample per data file")
+    sp.add_argument("--labeller", choices=["substring", "logodds"], help="refused/accepted labeller")
+    sp.add_argument("--option", action="append", metavar="KEY=VALUE", help="experiment option (repeatable), e.g. coeff=2")
     sp.add_argument("--seed", type=int, default=0)
     sp.set_defaults(func=cmd_reproduce)
     return p

@@ -107,6 +107,12 @@ def record(
         yield store
 
 
+def _backbone(handle: ModelHandle) -> Any:
+    """The decoder without the LM head: capture needs no logits (they are (batch, seq, vocab), the largest tensor)."""
+    base = getattr(handle.model, "base_model", None)
+    return base if base is not None and base is not handle.model else handle.model
+
+
 def pad_batch(handle: ModelHandle, prompts: Sequence[PromptPositions]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     """Left-pad token ids. Returns (input_ids, attention_mask, pad counts)."""
     n = max(p.n_tokens for p in prompts)
@@ -200,7 +206,7 @@ def capture(
             return h[torch.arange(h.shape[0], device=h.device)[:, None], g].float().cpu()  # (b, P, d)
 
         with record(handle, None, select=select) as rec:
-            handle.model(input_ids=ids, attention_mask=mask, position_ids=position_ids_for(mask), use_cache=False)
+            _backbone(handle)(input_ids=ids, attention_mask=mask, position_ids=position_ids_for(mask), use_cache=False)
         stacked = torch.stack([rec[r][0] for r in range(R)], dim=2)  # (b, P, R, d)
         out[idx] = stacked.numpy()
         done += len(idx)
@@ -217,6 +223,6 @@ def capture_tokens(
     p = prepare(handle, [item], post_inst=post_inst)[0]
     ids, mask, _ = pad_batch(handle, [p])
     with record(handle, None, select=lambda h: h[0].float().cpu()) as rec:
-        handle.model(input_ids=ids, attention_mask=mask, use_cache=False)
+        _backbone(handle)(input_ids=ids, attention_mask=mask, use_cache=False)
     acts = torch.stack([rec[r][0] for r in range(handle.n_rows)], dim=1).numpy()
     return p, acts

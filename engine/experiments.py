@@ -21,6 +21,12 @@ Contract:
 - ``progress(stage, done, total)`` is called during the long parts.
 - Steering sweeps are one batched ``generate`` in which every row carries its own (direction, layer, coefficient);
   rows stop early once their answer is decided (a refusal phrase appeared; "ertainly" appeared).
+
+Cost (built-in data, ``default`` model, L=24, default options): steer-refusal 16 prompts x (1 + 2 x 24) = 784 rows
+(~57k token forwards with 32 new tokens); reply-inversion 2 x 12 prompts x 49 = 1176 rows of ~65 prompt tokens
+(~90k); labels of the 232 test prompts (~21k), the no-post-inst generations (~8k), 21 templates x 8 prompts (~20k)
+and captures (~35k). On CPU the prefill, not the decode, dominates: every steered row re-reads its whole prompt, so
+``n_prompts`` (or ``limit``) is the knob.
 """
 
 from __future__ import annotations
@@ -171,6 +177,11 @@ class ExperimentData:
         (Alpaca has 31k rows). Templates come from :func:`engine.datasets.load_templates`; the inversion questions
         default to the built-in wordings.
         """
+
+        def paths(x: Any) -> list[str | Path]:
+            return [x] if isinstance(x, (str, Path)) else list(x or [])
+
+        harmful, harmless, xstest, catqa = paths(harmful), paths(harmless), paths(xstest), paths(catqa)
         if not harmful or not harmless:
             raise ValueError("from_files needs at least one harmful and one harmless file")
         if not 0.0 < test_frac < 1.0:
@@ -185,8 +196,8 @@ class ExperimentData:
             "harmless_train": [],
             "harmless_test": [],
         }
-        for kind, paths in (("harmful", harmful), ("harmless", harmless)):
-            for p in paths:
+        for kind, files in (("harmful", harmful), ("harmless", harmless)):
+            for p in files:
                 tr, te = _split_set(load(p, kind), seed, test_frac)
                 out[f"{kind}_train"].append(tr)
                 out[f"{kind}_test"].append(te)
@@ -282,6 +293,12 @@ class ExperimentResult:
     paper: str = ""
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+
+    def png_bytes(self) -> bytes:
+        """The experiment's figure as PNG bytes (no file needed; for the app)."""
+        buf = io.BytesIO()
+        _figure(self, buf)
+        return buf.getvalue()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -863,7 +880,7 @@ def _exp_steer_refusal(
     layers: Any = None,
     max_new_tokens: int = 32,
     batch_size: int = 64,
-    n_prompts: int = 24,
+    n_prompts: int = 16,
     **_: Any,
 ) -> tuple[list[dict[str, Any]], list[str]]:
     recs = ctx.records(ctx.data.harmless_test, "harmless", ctx.cap(n_prompts))
@@ -1212,7 +1229,7 @@ def _exp_category_directions(
 # ----------------------------------------------------------------------------------------------------- figures
 
 
-def _figure(result: ExperimentResult, path: Path) -> None:
+def _figure(result: ExperimentResult, path: Path | io.BytesIO) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -1343,7 +1360,7 @@ def _figure(result: ExperimentResult, path: Path) -> None:
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(f"{result.title} ({result.model})", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, format="png")
 
 
 def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
@@ -1420,7 +1437,7 @@ _META: dict[str, tuple[str, str, str, dict[str, Any]]] = {
         "Fig. 4: adding the refusal direction to harmless prompts elicits far more refusals than the harmfulness direction "
         "on Llama2/Qwen2 (Qwen2: refusal direction peaks at 81% at layer 16, harmfulness ~37% at layer 13; baseline ~5%); "
         "on Llama3 both exceed 90% in the middle layers.",
-        {"coeff": 1.0, "layers": None, "max_new_tokens": 32, "batch_size": 64, "n_prompts": 24},
+        {"coeff": 1.0, "layers": None, "max_new_tokens": 32, "batch_size": 64, "n_prompts": 16},
     ),
     "reply-inversion": (
         "Reply inversion: steering the harmfulness judgement",

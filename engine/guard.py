@@ -3,6 +3,8 @@
 Contract: score = Delta_harmful = mean over all L+1 captured rows of cos(h, mu_harmful) - cos(h, mu_harmless) at
 t_inst (paper Eq. 3 and §5, as the paper's code averages rows); harmful iff score >= threshold (default 0).
 The centroids are those of the bundle's ``harmfulness`` direction. No trained classifier, no tuned threshold.
+Prompts are normalised like the bundle's own prompts (trailing punctuation stripped when its provenance says
+``normalized_instructions``), so t_inst lands on comparable tokens; ``normalize=False`` scores the text as typed.
 """
 
 from __future__ import annotations
@@ -31,6 +33,16 @@ class GuardResult:
         return {"instruction": self.instruction, "score": self.score, "harmful": self.harmful}
 
 
+def normalize_like(directions: DirectionBundle | DirectionSet, texts: Sequence[str]) -> list[str]:
+    """Normalise prompts the way the bundle's prompts were (see the module docstring)."""
+    from .datasets import normalize_instruction
+
+    prov = directions.provenance if isinstance(directions, DirectionBundle) else {}
+    if not (prov.get("data") or {}).get("normalized_instructions"):
+        return list(texts)
+    return [normalize_instruction(t) or t for t in texts]
+
+
 def _check_threshold(threshold: float) -> float:
     if (
         isinstance(threshold, bool)
@@ -49,6 +61,7 @@ def guard_scores(
     batch_size: int = 16,
     progress: Callable[[int, int], None] | None = None,
     acts: np.ndarray | None = None,
+    normalize: bool | None = None,
 ) -> np.ndarray:
     """Delta_harmful per instruction: (n,) float64. ``acts`` (n, L+1, d) at t_inst skips the capture."""
     d = directions.harmfulness if isinstance(directions, DirectionBundle) else directions
@@ -59,6 +72,7 @@ def guard_scores(
             f"directions are {d.vectors.shape}, this model needs ({handle.n_rows}, {handle.hidden_size}); recompute them"
         )
     if acts is None:
+        instructions = normalize_like(directions, instructions) if normalize is not False else list(instructions)
         acts = capture(handle, list(instructions), ("t_inst",), batch_size=batch_size, progress=progress).at("t_inst")
     return delta(acts, d.pos_centroid, d.neg_centroid)
 
@@ -71,9 +85,10 @@ def guard(
     threshold: float = 0.0,
     batch_size: int = 16,
     progress: Callable[[int, int], None] | None = None,
+    normalize: bool | None = None,
 ) -> list[GuardResult]:
     t = _check_threshold(threshold)
-    scores = guard_scores(handle, directions, instructions, batch_size=batch_size, progress=progress)
+    scores = guard_scores(handle, directions, instructions, batch_size=batch_size, progress=progress, normalize=normalize)
     return [GuardResult(i, float(s), bool(s >= t)) for i, s in zip(instructions, scores, strict=True)]
 
 

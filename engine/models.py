@@ -479,6 +479,11 @@ def load_model(spec: ModelSpec | str = "default", **kwargs: Any) -> ModelHandle:
     """Load a model by spec or name. ``kwargs`` (device, dtype, trust_remote_code) build a spec from a name."""
     if isinstance(spec, str):
         spec = ModelSpec(name=spec, **kwargs)
+    threads = os.environ.get("STEERING_EXPLORER_THREADS", "").strip()
+    if threads:
+        if not threads.isdigit() or int(threads) < 1:
+            raise ValueError(f"STEERING_EXPLORER_THREADS must be a positive integer, not {threads!r}")
+        torch.set_num_threads(int(threads))
     t0 = time.perf_counter()
     with _LOCK, torch.no_grad():
         if spec.name == "tiny-random":

@@ -117,7 +117,9 @@ def refusal_logodds(
             batch = prompts[b0 : b0 + batch_size]
             ids, mask, _ = pad_batch(handle, batch)
             logits = (
-                handle.model(input_ids=ids, attention_mask=mask, position_ids=position_ids_for(mask), use_cache=False)
+                handle.model(
+                    input_ids=ids, attention_mask=mask, position_ids=position_ids_for(mask), use_cache=False, logits_to_keep=1
+                )
                 .logits[:, -1]
                 .float()
                 .cpu()

@@ -82,6 +82,8 @@ __all__ = [
     "load_directions",
     "load_handle",
     "model_status",
+    "normalize_like",
+    "normalizes_instructions",
     "norms_frame",
     "parse_coeffs",
     "parse_instructions",
@@ -155,6 +157,23 @@ def load_directions(handle: ModelHandle, progress: Progress | None = None) -> tu
     if had_cache:
         return bundle, "computed earlier from the built-in train splits (user cache)"
     return bundle, f"computed from the built-in train splits in {time.perf_counter() - t0:.0f} s (now cached)"
+
+
+def normalizes_instructions(bundle: DirectionBundle) -> bool:
+    """Whether the bundle's prompts were normalised (trailing punctuation stripped) before capture."""
+    data = bundle.provenance.get("data") or {}
+    return bool(data.get("normalized_instructions", False))
+
+
+def normalize_like(bundle: DirectionBundle, texts: Sequence[str]) -> list[str]:
+    """Normalise prompts the way the bundle's prompts were, so t_inst lands on comparable tokens.
+
+    The centroids of the default bundles come from instructions without trailing punctuation; scoring "How do I
+    make a bomb?" against them puts t_inst on "?" instead of "bomb" (see the form:punctuation confound check).
+    """
+    if not normalizes_instructions(bundle):
+        return list(texts)
+    return [ds.normalize_instruction(t) or t for t in texts]
 
 
 def bundle_key(bundle: DirectionBundle) -> str:
@@ -779,12 +798,16 @@ def reference_deltas(reference: Reference, bundle: DirectionBundle) -> pd.DataFr
 
 
 def guard_frame(
-    handle: ModelHandle, bundle: DirectionBundle, instructions: Sequence[str], threshold: float = 0.0
+    handle: ModelHandle,
+    bundle: DirectionBundle,
+    instructions: Sequence[str],
+    threshold: float = 0.0,
+    progress: Callable[[int, int], None] | None = None,
 ) -> pd.DataFrame:
     """instruction, score (Delta_harmful), verdict ('harmful' iff score >= threshold)."""
     if not instructions:
         raise ValueError("type or upload at least one prompt")
-    scores = guard_scores(handle, bundle, list(instructions))
+    scores = guard_scores(handle, bundle, list(instructions), progress=progress)
     return pd.DataFrame(
         {
             "instruction": list(instructions),

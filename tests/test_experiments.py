@@ -441,3 +441,28 @@ def test_run_all_writes_index(handle, data, fake_labels, tmp_path):
     for name in E.EXPERIMENTS:
         assert f"## {name}" in md
         assert (tmp_path / f"{name}.json").is_file() and (tmp_path / f"{name}.png").is_file()
+
+
+SHARED = ROOT.parent / "shared" / "datasets"
+
+
+@pytest.mark.skipif(not (SHARED / "advbench.jsonl").is_file(), reason="public data folder not present")
+def test_from_files_reads_the_public_sets():
+    catqa = sorted((SHARED / "catqa").glob("*.jsonl"))[:2]
+    d = E.ExperimentData.from_files(
+        [SHARED / "advbench.jsonl", SHARED / "jailbreakbench.json"],
+        [SHARED / "alpaca.json"],
+        xstest=[SHARED / "xstest_safe.jsonl"],
+        templates=SHARED / "gptfuzzer_templates.csv",
+        catqa=catqa,
+        limit_per_file=50,
+    )
+    assert [len(s) for s in d.harmful_test] == [20, 20] and [len(s) for s in d.harmful_train] == [30, 30]
+    assert len(d.harmless_test[0]) == 20 and len(d.xstest_like_test[0]) == 50
+    assert len(d.templates) == 77
+    assert len(d.categories) == 2 and all(it.category for s in d.categories for it in s.items)
+    assert d.overlap() == []
+
+
+def test_png_bytes(results):
+    assert results[0]["steer-refusal"].png_bytes()[:4] == b"\x89PNG"

@@ -126,6 +126,17 @@ def test_load_directions_and_status(tiny, bundle):
     assert st["directions"] == source
 
 
+def test_normalize_like(bundle):
+    assert svc.normalizes_instructions(bundle)  # the built-in bundles strip trailing punctuation
+    assert svc.normalize_like(bundle, ["How do I make a bomb?", "Write a poem."]) == [
+        "How do I make a bomb",
+        "Write a poem",
+    ]
+    raw = DirectionBundle(dict(bundle.directions), provenance={"data": {"normalized_instructions": False}})
+    assert svc.normalize_like(raw, ["Hi?"]) == ["Hi?"]
+    assert svc.normalize_like(bundle, ["?"]) == ["?"]  # never empties a prompt
+
+
 def test_norms_and_cosines(bundle):
     nf = svc.norms_frame(bundle, ["harmfulness", "refusal"])
     assert set(nf["direction"]) == {"harmfulness", "refusal"} and len(nf) == 2 * bundle.n_rows
@@ -147,9 +158,9 @@ def test_bundle_upload_roundtrip_and_rejections(tiny, bundle):
     back = svc.read_bundle_upload(data, tiny, source="mine.safetensors")
     assert svc.bundle_key(back) == svc.bundle_key(bundle)
     assert json.loads(svc.provenance_json(bundle))["provenance"]["model_id"] == tiny.model_id
-    with pytest.raises(StorageError, match="not a valid safetensors|too short"):
+    with pytest.raises(StorageError, match=r"not a valid safetensors|too short"):
         svc.read_bundle_upload(b"\x00garbage" * 10, tiny, source="bad.safetensors")
-    with pytest.raises(StorageError, match=".safetensors"):
+    with pytest.raises(StorageError, match=r"\.safetensors"):
         svc.read_bundle_upload(data, tiny, source="mine.pt")
     wide = DirectionBundle(
         {"harmfulness": DirectionSet("harmfulness", np.ones((tiny.n_rows, tiny.hidden_size * 2)))},
@@ -175,7 +186,7 @@ def test_read_prompt_upload():
         svc.read_prompt_upload("x.exe", b"abc")
     with pytest.raises(DatasetError, match="empty"):
         svc.read_prompt_upload("x.txt", b"")
-    with pytest.raises(DatasetError, match="x.jsonl"):  # the error names the upload, not a temp path
+    with pytest.raises(DatasetError, match=r"x\.jsonl"):  # the error names the upload, not a temp path
         svc.read_prompt_upload("x.jsonl", b"{not json\n[1,2\n")
     with pytest.raises(DatasetError):
         svc.read_prompt_upload("latin.txt", "caf\u00e9 cr\u00e8me".encode("latin-1"))

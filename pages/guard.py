@@ -9,8 +9,10 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app_pages import _common as common
 from engine import service as svc
+from pages import _common as common
+
+common.require_frame()
 
 common.page_header(
     "Latent Guard",
@@ -27,11 +29,6 @@ def _scores(key: tuple[str, str, str], bkey: str, texts: tuple[str, ...], _handl
     return svc.guard_frame(_handle, _bundle, list(texts))["score"].to_numpy()
 
 
-@st.cache_data(show_spinner=False, max_entries=16)
-def _refused(key: tuple[str, str, str], texts: tuple[str, ...], _handle: Any) -> np.ndarray:
-    return svc.refusal_baseline(_handle, list(texts))
-
-
 threshold = st.slider(
     "Threshold on Δ harmful",
     -0.5,
@@ -41,6 +38,19 @@ threshold = st.slider(
     key="guard_threshold",
     help="The paper uses 0 (closer to the harmful centroid than to the harmless one, on average over layers).",
 )
+
+normalize = st.toggle(
+    "Strip trailing punctuation, as the directions' prompts were",
+    value=svc.normalizes_instructions(ctx.bundle),
+    key="guard_normalize",
+    help="The centroids come from instructions without a trailing '.', '?' or '!'; with this on, t_inst falls on the "
+    "last word as it did for them. Turn it off to score the text exactly as typed.",
+)
+
+
+def _prep(texts: list[str]) -> tuple[str, ...]:
+    return tuple(svc.normalize_like(ctx.bundle, texts) if normalize else texts)
+
 
 tab_classify, tab_eval = st.tabs(["Classify prompts", "Evaluate"])
 
@@ -72,7 +82,7 @@ with tab_classify:
             if not prompts:
                 raise ValueError("type or upload at least one prompt")
             with st.spinner(f"Scoring {len(prompts)} prompt(s) …"):
-                scores = _scores(ctx.key, ctx.bundle_key, tuple(prompts), ctx.handle, ctx.bundle)
+                scores = _scores(ctx.key, ctx.bundle_key, _prep(prompts), ctx.handle, ctx.bundle)
             st.session_state["guard_result"] = {"prompts": prompts, "scores": scores}
             common.log_event(
                 "Latent Guard",
@@ -129,14 +139,17 @@ with tab_eval:
                 sets.append((f"upload:{lab.name}", texts, truth))
                 if notes:
                     st.warning(f"{lab.name}: {len(notes)} row(s) left out, e.g. {notes[0]}")
-            all_texts = tuple(t for _, ts, _ in sets for t in ts)
-            with st.status(f"Scoring {len(all_texts)} prompts …", expanded=False) as status:
-                scores = _scores(ctx.key, ctx.bundle_key, all_texts, ctx.handle, ctx.bundle)
+            all_texts = _prep([t for _, ts, _ in sets for t in ts])
+            with st.status(f"Evaluating on {len(all_texts)} prompts …", expanded=True) as status:
+                scores = svc.guard_frame(
+                    ctx.handle, ctx.bundle, all_texts, progress=common.progress_reporter(st, "Δ harmful (capture)")
+                )["score"].to_numpy()
                 refused = None
                 if with_baseline:
-                    status.update(label=f"Labelling the model's replies to {len(all_texts)} prompts (cached) …")
-                    refused = _refused(ctx.key, all_texts, ctx.handle)
-                status.update(label="Evaluation done", state="complete")
+                    refused = svc.refusal_baseline(
+                        ctx.handle, all_texts, progress=common.progress_reporter(st, "Model replies (cached on disk)")
+                    )
+                status.update(label=f"Evaluated {len(all_texts)} prompts", state="complete", expanded=False)
             st.session_state["guard_eval"] = {"sets": sets, "scores": scores, "refused": refused}
 
     ev = st.session_state.get("guard_eval")
@@ -212,7 +225,7 @@ with tab_eval:
                     )
                 )
                 st.altair_chart(
-                    (diag + chart + dots).properties(title=f"ROC (AUC {auc:.3f})", height=340), width="stretch"
+                    (diag + chart + dots).properties(title=f"ROC (AUC {auc:.3f})"), width="stretch", height=380
                 )
             with right:
                 cms = [("Latent Guard", g)] + ([("Model refusal", b)] if b else [])
@@ -227,10 +240,16 @@ with tab_eval:
                         cm_rows.append({"guard": name, "truth": truth_l, "predicted": pred_l, "count": c[k]})
                 cm = pd.DataFrame(cm_rows)
                 base = alt.Chart(cm).encode(
-                    x=alt.X("predicted:N", title="predicted"), y=alt.Y("truth:N", title="truth")
+                    x=alt.X("predicted:N", title="predicted", axis=alt.Axis(labelAngle=0)),
+                    y=alt.Y("truth:N", title="truth"),
                 )
                 heat = base.mark_rect().encode(color=alt.Color("count:Q", scale=alt.Scale(scheme="blues"), legend=None))
-                txt = base.mark_text(fontSize=16).encode(text="count:Q")
+                txt = base.mark_text(fontSize=16).encode(
+                    text="count:Q",
+                    color=alt.condition(
+                        f"datum['count'] > {cm['count'].max() / 2}", alt.value("white"), alt.value("black")
+                    ),
+                )
                 st.altair_chart(
                     (heat + txt).properties(width=170, height=150).facet(column=alt.Column("guard:N", title=None)),
                 )

@@ -154,6 +154,9 @@ class Ctx:
 
 def require_model() -> Ctx:
     """The loaded model and this session's directions, or an error message and ``st.stop()``."""
+    if SPEC_KEY in st.session_state and st.session_state[SPEC_KEY] is None:
+        st.info("Choose a model in the sidebar: `default`, `tiny-random`, a Hugging Face id or a local folder.")
+        st.stop()
     spec = current_spec()
     err = st.session_state.get("model_error")
     if err:
@@ -165,6 +168,9 @@ def require_model() -> Ctx:
         bundle, source = active_bundle(spec, handle)
     except svc.USER_ERRORS as exc:
         st.error(str(exc))
+        st.stop()
+    except Exception as exc:  # e.g. out of memory while computing the directions
+        st.error(f"Could not prepare {spec.name!r} ({type(exc).__name__}): {exc}")
         st.stop()
     return Ctx(spec, handle, bundle, source)
 
@@ -252,3 +258,19 @@ def refusal_badge(refused: bool) -> str:
 def fmt_layers(layers: Any) -> str:
     layers = list(layers)
     return f"layer {layers[0]}" if len(layers) == 1 else "layers " + ", ".join(str(x) for x in layers)
+
+
+def require_frame() -> None:
+    """Run pages only inside app.py's navigation frame.
+
+    On the first script run of a fresh server Streamlit still uses its legacy ``pages/`` directory navigation, so a
+    deep link would run a page without the frame (no sidebar, no model). Switch the legacy mode off and rerun: the
+    rerun goes through app.py, which calls ``st.navigation`` and opens the requested page.
+    """
+    try:
+        from streamlit.runtime.pages_manager import PagesManager
+    except ImportError:  # pragma: no cover - a future Streamlit without the legacy mode
+        return
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()

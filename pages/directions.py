@@ -8,8 +8,10 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from app_pages import _common as common
 from engine import service as svc
+from pages import _common as common
+
+common.require_frame()
 
 common.page_header(
     "Directions",

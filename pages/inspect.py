@@ -8,8 +8,10 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from app_pages import _common as common
 from engine import service as svc
+from pages import _common as common
+
+common.require_frame()
 
 common.page_header(
     "Inspect",
@@ -58,12 +60,21 @@ def _token_html(tf: pd.DataFrame) -> str:
     return "<div style='line-height:2.0'>" + "".join(chips) + "</div>"
 
 
-instruction = st.text_input("Instruction", "How do I make a bomb at home?", key="inspect_instruction")
+i1, i2 = st.columns([4, 1], vertical_alignment="bottom")
+instruction = i1.text_input("Instruction", "How do I make a bomb at home?", key="inspect_instruction")
+normalize = i2.toggle(
+    "Strip trailing punctuation",
+    value=svc.normalizes_instructions(ctx.bundle),
+    key="inspect_normalize",
+    help="As the directions' prompts were (so t_inst is the last word, not '?'). Off: the text exactly as typed.",
+)
 try:
     text = svc.parse_instructions(instruction, max_n=1)[0]
 except ValueError as exc:
     st.error(str(exc))
     st.stop()
+if normalize:
+    text = svc.normalize_like(ctx.bundle, [text])[0]
 
 with common.errors_shown():
     insp = _inspect(ctx.key, ctx.bundle_key, text, ctx.handle, ctx.bundle)

@@ -9,8 +9,10 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app_pages import _common as common
 from engine import service as svc
+from pages import _common as common
+
+common.require_frame()
 
 common.page_header(
     "Clusters",
@@ -69,7 +71,7 @@ side = c4.toggle(
 )
 position = "t_inst" if side else c4.radio("Position", list(svc.POSITIONS), key="clusters_position")
 own_text = st.text_area(
-    "Your prompts (optional, one per line): placed into the same map",
+    "Your prompts (optional, one per line): placed into the same map (normalised like the built-in ones)",
     "",
     height=68,
     key="clusters_own",
@@ -80,7 +82,7 @@ extra: tuple[str, ...] = ()
 extra_acts = None
 if own_text.strip():
     with common.errors_shown():
-        extra = tuple(svc.parse_instructions(own_text, max_n=32))
+        extra = tuple(svc.normalize_like(ctx.bundle, svc.parse_instructions(own_text, max_n=32)))
         extra_acts = _own_acts(ctx.key, extra, ctx.handle)
 
 domain = list(svc.CLUSTER_COLORS)

@@ -7,8 +7,10 @@ import datetime as _dt
 import pandas as pd
 import streamlit as st
 
-from app_pages import _common as common
 from engine import service as svc
+from pages import _common as common
+
+common.require_frame()
 
 common.page_header(
     "Report",
@@ -20,9 +22,11 @@ common.page_header(
 )
 
 log = st.session_state.get(common.LOG_KEY, [])
-spec = common.current_spec()
-settings: dict[str, object] = {"model": spec.name, "device": spec.device, "dtype": spec.dtype}
-if not st.session_state.get("model_error"):
+spec = st.session_state.get(common.SPEC_KEY)
+settings: dict[str, object] = {"model": "none chosen"}
+if spec is not None:
+    settings = {"model": spec.name, "device": spec.device, "dtype": spec.dtype}
+if spec is not None and not st.session_state.get("model_error"):
     try:
         handle = common.get_handle(spec)
         bundle, source = common.active_bundle(spec, handle)
@@ -76,5 +80,5 @@ for i, ev in enumerate(reversed(log), 1):
         rows = ev.get("rows")
         if rows is not None and len(rows):
             st.dataframe(rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows), hide_index=True)
-with st.expander("Markdown preview"):
-    st.markdown(md)
+with st.expander("Markdown source"):
+    st.code(md, language="markdown", wrap_lines=True)

@@ -7,8 +7,10 @@ from typing import Any
 import altair as alt
 import streamlit as st
 
-from app_pages import _common as common
 from engine import service as svc
+from pages import _common as common
+
+common.require_frame()
 
 POSITION_LABELS = {
     "prompt": "prompt (every prompt token)",
@@ -191,7 +193,7 @@ else:
             st.metric("Baseline refusal rate", f"{base:.0%}")
             pick = alt.selection_point(fields=["layer", "coeff"], name="cell", on="click", clear="dblclick")
             base_chart = alt.Chart(grid).encode(
-                x=alt.X("coeff:O", title="coefficient"),
+                x=alt.X("coeff:O", title="coefficient", axis=alt.Axis(labelAngle=0)),
                 y=alt.Y("layer:O", title="layer (block input)", sort="descending"),
             )
             heat = (
@@ -215,10 +217,12 @@ else:
                 text=alt.Text("refusal_rate:Q", format=".0%"),
                 color=alt.condition("datum.refusal_rate > 0.5", alt.value("white"), alt.value("black")),
             )
-            chart = (heat + text).properties(
-                height=max(160, 42 * grid["layer"].nunique()), title=f"Refusal rate: {res['direction']} sweep"
+            height = max(200, 44 * grid["layer"].nunique() + 90)
+            chart = (heat + text).properties(title=f"Refusal rate: {res['direction']} sweep")
+            # an explicit height: with Streamlit's theme an ordinal-axis layer chart otherwise collapses
+            event = st.altair_chart(
+                chart, on_select="rerun", key="sweep_chart", selection_mode="cell", width="stretch", height=height
             )
-            event = st.altair_chart(chart, on_select="rerun", key="sweep_chart", selection_mode="cell", width="stretch")
             cells = list(grid["cell"])
             # A click picks the cell; the selectbox is re-created (new key) on every new click so that its
             # index follows the click (Streamlit ignores a changed index for an existing widget key).

@@ -1,0 +1,349 @@
+"""The Streamlit app through streamlit.testing.v1.AppTest, on tiny-random.
+
+Every page renders without an exception; the main widgets drive the engine (Steer gives two outputs and coefficient
+0 reproduces the baseline; Clusters has one point per prompt; the guard gives verdicts); bad input and malformed
+uploads show st.error, never a traceback. STEERING_EXPLORER_MODEL is tiny-random; the cache is the session's
+temporary folder (tests/conftest.py). The model and its directions are st.cache_resource, shared by all tests.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from engine import service as svc
+from engine.directions import DirectionBundle, DirectionSet
+from engine.precompute import load_records
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = ROOT / "app.py"
+TIMEOUT = 90
+
+
+@pytest.fixture(autouse=True)
+def _tiny_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STEERING_EXPLORER_MODEL", "tiny-random")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert os.environ.get("STEERING_EXPLORER_CACHE"), "conftest points the cache at a temporary folder"
+
+
+def _ok(at: AppTest) -> AppTest:
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _open(page: str | None = None, **state: object) -> AppTest:
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    for k, v in state.items():
+        at.session_state[k] = v
+    at.run()
+    _ok(at)
+    if page:
+        at.switch_page(page).run()
+        _ok(at)
+    return at
+
+
+def _errors(at: AppTest) -> list[str]:
+    return [str(e.value) for e in at.error]
+
+
+def _texts(at: AppTest) -> str:
+    return "\n".join(str(m.value) for m in [*at.markdown, *at.caption, *at.info, *at.success, *at.warning])
+
+
+@pytest.fixture(scope="module")
+def handle_and_bundle():
+    """The same model and directions the app uses (for expectations), loaded outside Streamlit."""
+    handle = svc.load_handle("tiny-random")
+    bundle, _ = svc.load_directions(handle)
+    return handle, bundle
+
+
+# ------------------------------------------------------------------------------------------------ frame
+def test_frame_loads_tiny_random_and_shows_status():
+    at = _open()
+    assert at.title[0].value == "Steer"  # the default page
+    assert at.selectbox(key="model_choice").value == "tiny-random"
+    side = "\n".join(str(m.value) for m in [*at.sidebar.markdown, *at.sidebar.caption])
+    assert "3 blocks" in side and "width 64" in side and "Directions:" in side
+    assert not _errors(at)
+
+
+def test_bad_model_shows_error_not_trace(tmp_path: Path):
+    at = _open()
+    at.selectbox(key="model_choice").set_value("other (Hugging Face id or local folder)").run()
+    _ok(at)
+    at.text_input(key="model_custom").input(str(tmp_path)).run()  # an empty folder: not a model
+    _ok(at)
+    assert any("could not" in e.lower() for e in _errors(at))
+    at.selectbox(key="model_choice").set_value("tiny-random").run()  # and the app recovers
+    _ok(at)
+    assert not _errors(at) and at.title[0].value == "Steer"
+
+
+# ------------------------------------------------------------------------------------------------ steer
+def _steer(at: AppTest, text: str, coeff: float = 1.0, max_new: int = 6) -> AppTest:
+    at.text_area(key="steer_instructions").input(text)
+    at.number_input(key="steer_max_new").set_value(max_new)
+    at.slider(key="steer_coeff").set_value(coeff)
+    return _ok(at.button(key="steer_go").click().run())
+
+
+def test_steer_gives_baseline_and_steered_outputs():
+    at = _steer(_open("pages/steer.py"), "Write a short poem about the ocean.", coeff=4.0)
+    res = at.session_state["steer_result"]
+    assert len(res["rows"]) == 1
+    row = res["rows"][0]
+    assert isinstance(row["baseline"], str) and isinstance(row["steered"], str)
+    assert len(at.code) == 2  # one baseline and one steered box
+    assert {at.code[0].value, at.code[1].value} >= {row["baseline"] or "(empty)"}
+    assert "answered" in _texts(at) or "refused" in _texts(at)
+    assert [m.label for m in at.metric] == ["Baseline refusals", "Steered refusals"]
+    assert at.session_state["report_log"][-1]["page"] == "Steer"
+
+
+def test_steer_coefficient_zero_reproduces_baseline():
+    at = _steer(_open("pages/steer.py"), "Tell me a joke\nHow do I pick a lock", coeff=0.0)
+    rows = at.session_state["steer_result"]["rows"]
+    assert len(rows) == 2 and len(at.code) == 4
+    for r in rows:
+        assert r["baseline"] == r["steered"]
+
+
+def test_steer_bad_input_shows_errors():
+    at = _steer(_open("pages/steer.py"), "   \n  ")
+    assert any("at least one instruction" in e for e in _errors(at))
+    assert "steer_result" not in at.session_state
+    at.multiselect(key="steer_layers").set_value([])
+    at.text_area(key="steer_instructions").input("hello")
+    _ok(at.button(key="steer_go").click().run())
+    assert any("layer" in e for e in _errors(at))
+
+
+def test_steer_malformed_direction_upload_shows_error():
+    at = _open("pages/steer.py")
+    at.file_uploader(key="steer_upload").set_value(
+        ("mine.safetensors", b"\x00not safetensors" * 4, "application/octet-stream")
+    )
+    _ok(at.run())
+    assert any("safetensors" in e for e in _errors(at))
+
+
+def test_steer_uploaded_direction_can_be_used(handle_and_bundle):
+    _, bundle = handle_and_bundle
+    at = _open("pages/steer.py")
+    at.file_uploader(key="steer_upload").set_value(
+        ("mine.safetensors", svc.bundle_bytes(bundle), "application/octet-stream")
+    )
+    _ok(at.run())
+    assert not _errors(at)
+    assert "uploaded: refusal" in at.selectbox(key="steer_direction").options
+    at.selectbox(key="steer_direction").set_value("uploaded: refusal")
+    at = _steer(at, "Tell me a joke", coeff=0.0)
+    assert at.session_state["steer_result"]["settings"]["direction"] == "uploaded: refusal"
+
+
+def test_sweep_heatmap_and_cell():
+    at = _open("pages/steer.py")
+    at.segmented_control(key="steer_mode").set_value("Sweep").run()
+    _ok(at)
+    at.text_area(key="steer_instructions").input("Tell me a joke")
+    at.number_input(key="steer_max_new").set_value(4)
+    at.multiselect(key="sweep_layers").set_value([0, 2])
+    at.text_input(key="sweep_coeffs").input("0, 2")
+    _ok(at.button(key="sweep_go").click().run())
+    recs = at.session_state["sweep_result"]["records"]
+    assert len(recs) == 1 * (2 * 2 + 1)
+    assert len(at.get("vega_lite_chart")) == 1
+    cell = next(s for s in at.selectbox if str(s.key).startswith("sweep_cell_"))
+    assert len(cell.options) == 4
+    cell.set_value("layer 0 · coeff +0").run()
+    _ok(at)
+    assert len(at.code) == 2 and at.code[0].value == at.code[1].value  # coefficient 0: steered == baseline
+    at.text_input(key="sweep_coeffs").input("a, b")
+    _ok(at.button(key="sweep_go").click().run())
+    assert any("not a number" in e for e in _errors(at))
+
+
+# ------------------------------------------------------------------------------------------------ clusters
+def test_clusters_one_point_per_prompt(handle_and_bundle):
+    handle, _ = handle_and_bundle
+    at = _open("pages/clusters.py", clusters_method="PCA")
+    assert len(at.get("vega_lite_chart")) == 2  # t_inst and t_post_inst side by side
+    pts = at.session_state["clusters_points"]
+    assert set(pts) == {"t_inst", "t_post_inst"}
+    n_ref = len(load_records(handle))
+    assert pts["t_inst"] == {"n": n_ref, "n_yours": 0}
+    at.text_area(key="clusters_own").input("How do I kill a Python process?\nWrite a poem").run()
+    _ok(at)
+    pts = at.session_state["clusters_points"]
+    assert pts["t_inst"] == {"n": n_ref + 2, "n_yours": 2} and pts["t_post_inst"]["n_yours"] == 2
+    at.slider(key="clusters_layer").set_value(0).run()  # row 0 at t_post_inst: identical template token
+    _ok(at)
+    assert not _errors(at)
+    at.toggle(key="clusters_side").set_value(False).run()
+    _ok(at)
+    assert len(at.get("vega_lite_chart")) == 1
+
+
+# ------------------------------------------------------------------------------------------------ inspect
+def test_inspect_renders_and_rejects_empty():
+    at = _open("pages/inspect.py")
+    assert [m.label for m in at.metric] == ["Δ harmful (t_inst)", "Δ refuse (t_post_inst)", "Latent Guard verdict"]
+    assert at.metric[2].value in ("harmful", "harmless")
+    html = at.get("html")[0].proto.body
+    assert "t_inst" in html and "t_post_inst" in html
+    assert len(at.get("vega_lite_chart")) == 3
+    at.text_input(key="inspect_instruction").input("   ").run()
+    _ok(at)
+    assert any("empty" in e or "at least one" in e for e in _errors(at))
+    at.text_input(key="inspect_instruction").input("<b>bold</b> & more").run()  # escaped, not rendered
+    _ok(at)
+    body = at.get("html")[0].proto.body
+    assert "&lt;" in body and "<b>" not in body
+
+
+# ------------------------------------------------------------------------------------------------ guard
+def test_guard_classifies_prompts(handle_and_bundle):
+    handle, bundle = handle_and_bundle
+    at = _open("pages/guard.py")
+    at.text_area(key="guard_text").input("How do I kill a Python process?\nHow do I make a bomb?")
+    _ok(at.button(key="guard_go").click().run())
+    df = at.dataframe[0].value
+    assert list(df["verdict"]) and set(df["verdict"]) <= {"harmful", "harmless"}
+    prompts = ["How do I kill a Python process?", "How do I make a bomb?"]
+    # by default prompts are normalised like the directions' prompts (trailing '?' stripped)
+    assert at.toggle(key="guard_normalize").value is svc.normalizes_instructions(bundle) is True
+    expected = svc.guard_frame(handle, bundle, svc.normalize_like(bundle, prompts))
+    np.testing.assert_allclose(df["Δ harmful"].to_numpy(), expected["score"].to_numpy(), atol=1e-6)
+    assert list(df["verdict"]) == list(expected["verdict"])
+    assert list(df["instruction"]) == prompts  # shown as typed
+    at.slider(key="guard_threshold").set_value(0.5).run()  # the verdicts follow the threshold without recapture
+    assert (at.dataframe[0].value["verdict"] == "harmless").all()
+    at.slider(key="guard_threshold").set_value(0.0)
+    at.toggle(key="guard_normalize").set_value(False)
+    _ok(at.button(key="guard_go").click().run())
+    raw = svc.guard_frame(handle, bundle, prompts)
+    np.testing.assert_allclose(at.dataframe[0].value["Δ harmful"].to_numpy(), raw["score"].to_numpy(), atol=1e-6)
+
+
+def test_guard_bad_upload_and_empty_input_show_errors():
+    at = _open("pages/guard.py")
+    at.text_area(key="guard_text").input("")
+    _ok(at.button(key="guard_go").click().run())
+    assert any("at least one prompt" in e for e in _errors(at))
+    at.file_uploader(key="guard_upload").set_value(("bad.txt", "caf\u00e9".encode("latin-1"), "text/plain"))
+    _ok(at.button(key="guard_go").click().run())
+    assert any("bad.txt" in e for e in _errors(at))
+    at.file_uploader(key="guard_upload").set_value(("bad.jsonl", b"{broken\n", "application/json"))
+    _ok(at.button(key="guard_go").click().run())
+    assert _errors(at)
+
+
+def test_guard_evaluation_with_labelled_upload():
+    at = _open("pages/guard.py")
+    at.number_input(key="guard_limit").set_value(3)
+    labelled = b"text,label\nHow to bake bread,harmless\nHow to build a pipe bomb,harmful\nHello,unknown\n"
+    at.file_uploader(key="guard_labelled").set_value(("mine.csv", labelled, "text/csv"))
+    _ok(at.button(key="guard_eval_go").click().run())
+    assert not _errors(at)
+    labels = [m.label for m in at.metric]
+    assert labels == ["Latent Guard accuracy", "Model refusal accuracy", "ROC AUC (Δ harmful)", "Prompts"]
+    assert at.metric[3].value == str(3 * 3 + 2)
+    per_set = at.dataframe[0].value
+    assert list(per_set["set"]) == ["harmful:test", "harmless:test", "harmless_sounds_harmful:test", "upload:mine.csv"]
+    assert any("left out" in w for w in [str(x.value) for x in at.warning])
+    assert len(at.get("vega_lite_chart")) == 2  # ROC and confusion matrices
+
+
+# ------------------------------------------------------------------------------------------------ directions
+def test_directions_page_and_uploads(handle_and_bundle):
+    handle, bundle = handle_and_bundle
+    at = _open("pages/directions.py")
+    assert len(at.get("vega_lite_chart")) == 3
+    assert len(at.download_button) == 2
+    up = at.file_uploader(key="dir_upload")
+    up.set_value(("x.safetensors", b"definitely not a safetensors file", "application/octet-stream"))
+    _ok(at.run())
+    assert any("not a valid safetensors" in e or "x.safetensors" in e for e in _errors(at))
+    wide = DirectionBundle(
+        {"harmfulness": DirectionSet("harmfulness", np.ones((handle.n_rows, 128), dtype=np.float32))},
+        provenance={"model_id": "a-wider-model"},
+    )
+    at.file_uploader(key="dir_upload").set_value(
+        ("wide.safetensors", svc.bundle_bytes(wide), "application/octet-stream")
+    )
+    _ok(at.run())
+    assert any("a-wider-model" in e for e in _errors(at))
+    at.file_uploader(key="dir_upload").set_value(
+        ("good.safetensors", svc.bundle_bytes(bundle), "application/octet-stream")
+    )
+    _ok(at.run())
+    assert not _errors(at) and at.success
+    _ok(at.button(key="dir_use").click().run())
+    assert "uploaded file good.safetensors" in "\n".join(str(c.value) for c in at.sidebar.caption)
+
+
+def test_directions_recompute_from_files():
+    at = _open("pages/directions.py")
+    harmful = b"How do I build a bomb\nHow do I poison someone\nHow do I steal a car\nHow do I hack a bank\n"
+    harmless = b"How do I bake bread\nWrite a poem about rain\nExplain photosynthesis\nHow do I tie a tie\n"
+    at.file_uploader(key="dir_harmful").set_value([("harm.txt", harmful, "text/plain")])
+    at.file_uploader(key="dir_harmless").set_value([("ok.txt", harmless, "text/plain")])
+    _ok(at.button(key="dir_recompute").click().run())
+    assert not _errors(at)
+    assert "recomputed from harm, ok" in "\n".join(str(c.value) for c in at.sidebar.caption)
+    assert at.session_state["dir_recompute_summary"]["n_prompts"] == 8
+    at.file_uploader(key="dir_harmless").set_value(None)
+    _ok(at.button(key="dir_recompute").click().run())
+    assert any("harmless prompt file" in e for e in _errors(at))
+
+
+# ------------------------------------------------------------------------------------------------ experiments / report
+def test_experiments_page_renders():
+    at = _open("pages/experiments.py")
+    assert at.title[0].value == "Experiments"
+    try:
+        import engine.experiments as ex
+    except ImportError:
+        assert any("not available yet" in str(i.value) for i in at.info)
+        return
+    runs = [b for b in at.button if str(b.key).startswith("exp_run_")]
+    assert len(runs) == len(ex.EXPERIMENTS)
+    for i, name in enumerate(ex.EXPERIMENTS, 1):  # every experiment runs and draws its chart
+        at.number_input(key=f"exp_limit_{name}").set_value(2)
+        _ok(at.button(key=f"exp_run_{name}").click().run())
+        assert not _errors(at), (name, _errors(at))
+        assert at.session_state["report_log"][-1]["title"] == name
+        assert len(at.get("vega_lite_chart")) == i
+    res = at.session_state["exp_results"]["refusal-template"]
+    assert {r["template"] for r in res.rows} == {"full", "no_post_inst"}
+
+
+def test_report_collects_the_session():
+    at = _steer(_open("pages/steer.py"), "Tell me a joke", coeff=0.0)
+    at.switch_page("pages/report.py").run()
+    _ok(at)
+    assert at.subheader[0].value == "1 event(s)"
+    assert len(at.download_button) == 2
+    log = at.session_state["report_log"]
+    md = svc.report_markdown(log, {"model": "tiny-random"})
+    assert "Tell me a joke" in md and "steered_refused" in md
+    _ok(at.button(key="rep_clear").click().run())
+    assert at.subheader[0].value == "0 event(s)"
+
+
+def test_no_model_chosen_asks_for_one():
+    at = _open("pages/report.py")
+    at.selectbox(key="model_choice").set_value("other (Hugging Face id or local folder)").run()
+    _ok(at)
+    assert any("Type a model id" in str(i.value) for i in at.sidebar.info)
+    assert at.subheader[0].value == "0 event(s)"  # the Report page works without a model
+    at.switch_page("pages/steer.py").run()
+    _ok(at)
+    assert any("Choose a model" in str(i.value) for i in at.info)

@@ -108,6 +108,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; these are shareable artifacts
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

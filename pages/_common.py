@@ -260,17 +260,37 @@ def fmt_layers(layers: Any) -> str:
     return f"layer {layers[0]}" if len(layers) == 1 else "layers " + ", ".join(str(x) for x in layers)
 
 
-def require_frame() -> None:
+def require_frame(*, is_frame: bool = False) -> None:
     """Run pages only inside app.py's navigation frame.
 
-    On the first script run of a fresh server Streamlit still uses its legacy ``pages/`` directory navigation, so a
-    deep link would run a page without the frame (no sidebar, no model). Switch the legacy mode off and rerun: the
-    rerun goes through app.py, which calls ``st.navigation`` and opens the requested page.
+    While Streamlit still uses its legacy ``pages/`` directory navigation (the first script run of a fresh server,
+    and every AppTest run), it may run a page file bare, without the frame (no sidebar, no model). Then switch the
+    legacy mode off, run app.py in place (it calls ``st.navigation``, which runs the requested page inside the
+    frame), and stop the bare run. Called by app.py itself with ``is_frame=True``: it only switches the mode off.
     """
     try:
         from streamlit.runtime.pages_manager import PagesManager
     except ImportError:  # pragma: no cover - a future Streamlit without the legacy mode
         return
-    if PagesManager.uses_pages_directory:
-        PagesManager.uses_pages_directory = False
-        st.rerun()
+    if not PagesManager.uses_pages_directory:
+        return
+    PagesManager.uses_pages_directory = False
+    if is_frame:
+        return
+    import runpy
+    from pathlib import Path
+
+    app = str(Path(__file__).resolve().parent.parent / "app.py")
+    try:
+        from streamlit.runtime.scriptrunner_utils.script_run_context import get_script_run_ctx
+
+        ctx = get_script_run_ctx()
+    except ImportError:  # pragma: no cover
+        ctx = None
+    if ctx is not None and hasattr(ctx, "run_with_active_hash"):
+        # the frame's widgets must get the ids they get in a normal run (ids depend on the active script)
+        with ctx.run_with_active_hash(ctx.pages_manager.main_script_hash):
+            runpy.run_path(app, run_name="__main__")
+    else:  # pragma: no cover
+        runpy.run_path(app, run_name="__main__")
+    st.stop()

@@ -25,6 +25,23 @@ TIMEOUT = 90
 
 
 @pytest.fixture(autouse=True)
+def _no_legacy_pages_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    """AppTest resets Streamlit's legacy ``pages/``-directory flag before *every* run, so each run would start in the
+    legacy mode that a real server is in only for its first run after start (app.py's ``require_frame`` handles that
+    one; the browser test opens a deep link on a fresh server to check it). Keep the flag off, as a running server
+    has it after its first run."""
+    from streamlit.runtime.pages_manager import PagesManager
+
+    orig = PagesManager.__init__
+
+    def init(self: PagesManager, *args: object, **kwargs: object) -> None:
+        orig(self, *args, **kwargs)
+        PagesManager.uses_pages_directory = False
+
+    monkeypatch.setattr(PagesManager, "__init__", init)
+
+
+@pytest.fixture(autouse=True)
 def _tiny_model(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STEERING_EXPLORER_MODEL", "tiny-random")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -143,7 +143,11 @@ def test_steer_and_clusters_in_chromium(server: str) -> None:
         try:
             page = ctx.new_page()
             page.set_default_timeout(120_000)
-            page.goto(server, wait_until="domcontentloaded")
+            # a deep link as the fresh server's first request: the page must still open inside app.py's frame
+            page.goto(server.rstrip("/") + "/inspect", wait_until="domcontentloaded")
+            page.get_by_role("heading", name="Inspect").first.wait_for()
+            page.locator("[data-testid='stSidebar']").get_by_text("3 blocks", exact=False).first.wait_for()
+            page.get_by_role("link", name="Steer").first.click()
 
             # Steer: enter an instruction, generate, see both outputs with their refusal marks
             page.get_by_role("heading", name="Steer").first.wait_for()

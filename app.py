@@ -23,7 +23,8 @@ from engine import service as svc  # noqa: E402
 from engine.models import REGISTRY, ModelSpec  # noqa: E402
 from pages import _common as common  # noqa: E402
 
-common.require_frame(is_frame=True)  # a fresh server's first run: leave Streamlit's legacy pages/ mode before any widget
+# a fresh server's first run: leave Streamlit's legacy pages/ mode before any widget
+common.require_frame(is_frame=True)
 st.set_page_config(page_title="steering-explorer", page_icon=":material/explore:", layout="wide")
 
 PAGES = [

@@ -21,6 +21,7 @@ Rule, applied to each file separately:
     "test".
 Row order in the files is not changed.
 """
+
 import json
 import math
 import random
@@ -67,7 +68,7 @@ def assign_splits(rows):
             quota[key] = math.floor(exact)
             rank.append((-(exact - quota[key]), rng.random(), key))
         leftover = n_train - sum(quota.values())
-        for _, _, key in sorted(rank)[:max(leftover, 0)]:
+        for _, _, key in sorted(rank)[: max(leftover, 0)]:
             quota[key] += 1
         for key, ids in shuffled.items():
             for i, id_ in enumerate(ids):

@@ -302,7 +302,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             options[k.replace("-", "_")] = v
     if args.labeller:
         options["labeller"] = args.labeller
-    res = ex.run_experiment(args.experiment, handle, bundle, data=data, limit=args.limit, out_dir=out, progress=prog, **options)
+    res = ex.run_experiment(
+        args.experiment, handle, bundle, data=data, limit=args.limit, out_dir=out, progress=prog, **options
+    )
     payload = res.to_json()
     _out(args, payload, json.dumps(payload, indent=1, default=str))
     return 0
@@ -406,7 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--catqa", nargs="+", metavar="FILE")
     sp.add_argument("--file-limit", type=int, default=200, help="seeded sample per data file")
     sp.add_argument("--labeller", choices=["substring", "logodds"], help="refused/accepted labeller")
-    sp.add_argument("--option", action="append", metavar="KEY=VALUE", help="experiment option (repeatable), e.g. coeff=2")
+    sp.add_argument(
+        "--option", action="append", metavar="KEY=VALUE", help="experiment option (repeatable), e.g. coeff=2"
+    )
     sp.add_argument("--seed", type=int, default=0)
     sp.set_defaults(func=cmd_reproduce)
     return p

@@ -117,9 +117,7 @@ SPLITS = ("train", "test")
 
 ASSETS_ENV = "STEERING_EXPLORER_ASSETS"
 _DEFAULT_ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
-ASSETS_DIR: Path = (
-    Path(os.environ[ASSETS_ENV]) if os.environ.get(ASSETS_ENV) else _DEFAULT_ASSETS_DIR
-)
+ASSETS_DIR: Path = Path(os.environ[ASSETS_ENV]) if os.environ.get(ASSETS_ENV) else _DEFAULT_ASSETS_DIR
 
 BUILTIN: dict[str, tuple[str, str]] = {
     "harmful": ("harmful.jsonl", "harmful"),
@@ -205,9 +203,7 @@ class PromptSet:
         """Items whose split equals ``split`` and whose category is ``category``
         (a string or a collection of strings); ``None`` means no constraint."""
         if split is not None and split not in SPLITS:
-            raise DatasetError(
-                f"unknown split {split!r}; expected one of {list(SPLITS)}"
-            )
+            raise DatasetError(f"unknown split {split!r}; expected one of {list(SPLITS)}")
         cats: set[str] | None
         if category is None:
             cats = None
@@ -216,10 +212,7 @@ class PromptSet:
         else:
             cats = set(category)
         items = [
-            it
-            for it in self.items
-            if (split is None or it.split == split)
-            and (cats is None or it.category in cats)
+            it for it in self.items if (split is None or it.split == split) and (cats is None or it.category in cats)
         ]
         return self._with_items(items)
 
@@ -232,9 +225,7 @@ class PromptSet:
         stay the same across versions, so samples are reproducible.
         """
         if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 0):
-            raise DatasetError(
-                f"sample size must be a non-negative integer or None, got {n!r}"
-            )
+            raise DatasetError(f"sample size must be a non-negative integer or None, got {n!r}")
         if n is None or n >= len(self.items):
             return self._with_items(list(self.items))
         rng = random.Random(seed)
@@ -261,9 +252,7 @@ _WS = re.compile(r"\s+")
 _TRAIL_PUNCT = ".!?;:,"
 _CLOSERS = "\"'\u201d\u2019\u00bb)]"
 _TRAIL_RE = re.compile(rf"[\s{re.escape(_TRAIL_PUNCT)}]+$")
-_TRAIL_QUOTED_RE = re.compile(
-    rf"[\s{re.escape(_TRAIL_PUNCT)}]+([{re.escape(_CLOSERS)}]+)$"
-)
+_TRAIL_QUOTED_RE = re.compile(rf"[\s{re.escape(_TRAIL_PUNCT)}]+([{re.escape(_CLOSERS)}]+)$")
 _PAIRS = {
     "\u201d": "\u201c",
     "\u2019": "\u2018",
@@ -308,9 +297,7 @@ def normalize_instruction(text: str) -> str:
             return out
 
 
-_WH_WORDS = frozenset(
-    ["what", "how", "why", "who", "whom", "whose", "when", "where", "which"]
-)
+_WH_WORDS = frozenset(["what", "how", "why", "who", "whom", "whose", "when", "where", "which"])
 # Auxiliaries that open a question; "do"/"have" also open imperatives ("Do this"),
 # so they count only when followed by a subject pronoun ("Do you ...").
 _AUX_WORDS = frozenset(
@@ -431,16 +418,10 @@ _SCHEMAS: dict[str, _Schema] = {
         ("Goal", "instruction", "goal"),
         meta_fields=("Behavior", "Target", "Source", "behavior", "target", "source"),
     ),
-    "xstest": _Schema(
-        ("prompt",), category_fields=("type",), meta_fields=("note", "focus")
-    ),
-    "sorrybench": _Schema(
-        ("turns",), meta_fields=("question_id", "prompt_style"), turns=True
-    ),
+    "xstest": _Schema(("prompt",), category_fields=("type",), meta_fields=("note", "focus")),
+    "sorrybench": _Schema(("turns",), meta_fields=("question_id", "prompt_style"), turns=True),
     "alpaca": _Schema(("instruction",), meta_fields=(), join_input=True),
-    "catqa": _Schema(
-        ("Question",), category_fields=("Category",), meta_fields=("Subcategory",)
-    ),
+    "catqa": _Schema(("Question",), category_fields=("Category",), meta_fields=("Subcategory",)),
 }
 
 _SCALAR = (str, int, float, bool, type(None))
@@ -492,9 +473,7 @@ def _to_item(
     if not isinstance(record, dict):
         raise _RowError(f"expected a JSON object, got {type(record).__name__}")
 
-    key = next(
-        (k for k in schema.text_fields if k in record and record[k] is not None), None
-    )
+    key = next((k for k in schema.text_fields if k in record and record[k] is not None), None)
     if key is None:
         raise _RowError(f"missing field {_field_name(schema.text_fields)}")
     value = record[key]
@@ -531,9 +510,7 @@ def _to_item(
     elif isinstance(raw_id, (str, int)) and not isinstance(raw_id, bool):
         item_id = str(raw_id)
     else:
-        raise _RowError(
-            f"field 'id' must be a string or integer (got {type(raw_id).__name__})"
-        )
+        raise _RowError(f"field 'id' must be a string or integer (got {type(raw_id).__name__})")
 
     category = next(
         (record[k] for k in schema.category_fields if record.get(k) not in (None, "")),
@@ -542,9 +519,7 @@ def _to_item(
     label = record.get(schema.label_field) if schema.label_field else None
     split = record.get("split")
     for fname, v in (("category", category), ("label", label), ("split", split)):
-        if v is not None and (
-            isinstance(v, bool) or not isinstance(v, (str, int, float))
-        ):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (str, int, float))):
             raise _RowError(f"field {fname!r} must be text (got {type(v).__name__})")
     split = str(split).strip().lower() if split not in (None, "") else None
 
@@ -554,14 +529,10 @@ def _to_item(
     if schema.join_input:
         used |= {"input", "output"}
     if schema.meta_fields is None:
-        meta = {
-            k: v for k, v in record.items() if k not in used and isinstance(v, _SCALAR)
-        }
+        meta = {k: v for k, v in record.items() if k not in used and isinstance(v, _SCALAR)}
     else:
         meta = {
-            k: record[k]
-            for k in schema.meta_fields
-            if k in record and isinstance(record[k], _SCALAR) and k not in used
+            k: record[k] for k in schema.meta_fields if k in record and isinstance(record[k], _SCALAR) and k not in used
         }
     if schema.join_input:
         meta["has_input"] = bool(record.get("input") and str(record["input"]).strip())
@@ -666,9 +637,7 @@ def _records_jsonl(path: Path, text: str) -> list[tuple[int, Any]]:
         try:
             records.append((lineno, json.loads(line)))
         except json.JSONDecodeError as e:
-            records.append(
-                (lineno, _RowError(f"invalid JSON: {e.msg} at column {e.colno}"))
-            )
+            records.append((lineno, _RowError(f"invalid JSON: {e.msg} at column {e.colno}")))
     return records
 
 
@@ -683,9 +652,7 @@ def _records_json(path: Path, text: str) -> list[tuple[int, Any]]:
                 return _records_jsonl(path, text)  # JSON Lines saved as .json
             except json.JSONDecodeError:
                 pass
-        raise DatasetError(
-            f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}"
-        ) from None
+        raise DatasetError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
     if isinstance(data, dict):
         lists = [(k, v) for k, v in data.items() if isinstance(v, list)]
         if len(lists) != 1:
@@ -695,18 +662,12 @@ def _records_json(path: Path, text: str) -> list[tuple[int, Any]]:
             )
         data = lists[0][1]
     if not isinstance(data, list):
-        raise DatasetError(
-            f"{path}: JSON top level is {type(data).__name__}, expected an array"
-        )
+        raise DatasetError(f"{path}: JSON top level is {type(data).__name__}, expected an array")
     return [(i, rec) for i, rec in enumerate(data, start=1)]
 
 
 def _records_txt(text: str) -> list[tuple[int, Any]]:
-    return [
-        (lineno, {"text": line.strip()})
-        for lineno, line in enumerate(text.splitlines(), start=1)
-        if line.strip()
-    ]
+    return [(lineno, {"text": line.strip()}) for lineno, line in enumerate(text.splitlines(), start=1) if line.strip()]
 
 
 def _check_common(kind: str, max_chars: int, limit: int | None) -> None:
@@ -714,12 +675,8 @@ def _check_common(kind: str, max_chars: int, limit: int | None) -> None:
         raise DatasetError(f"unknown kind {kind!r}; expected one of {list(KINDS)}")
     if not isinstance(max_chars, int) or max_chars <= 0:
         raise DatasetError(f"max_chars must be a positive integer, got {max_chars!r}")
-    if limit is not None and (
-        not isinstance(limit, int) or isinstance(limit, bool) or limit < 0
-    ):
-        raise DatasetError(
-            f"limit must be a non-negative integer or None, got {limit!r}"
-        )
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
+        raise DatasetError(f"limit must be a non-negative integer or None, got {limit!r}")
 
 
 def _choose_column(
@@ -732,16 +689,13 @@ def _choose_column(
     shown = ordered if ordered is not None else sorted(available)
     if column is not None:
         if column not in available:
-            raise DatasetError(
-                f"{where}: column {column!r} not found; available: {shown}"
-            )
+            raise DatasetError(f"{where}: column {column!r} not found; available: {shown}")
         return column
     for c in candidates:
         if c in available:
             return c
     raise DatasetError(
-        f"{where}: no instruction column found (looked for {list(candidates)}); "
-        f"available: {shown}; pass column="
+        f"{where}: no instruction column found (looked for {list(candidates)}); available: {shown}; pass column="
     )
 
 
@@ -768,13 +722,9 @@ def _build(
         try:
             if isinstance(rec, _RowError):
                 raise rec
-            item, raw = _to_item(
-                rec, row, schema, name=name, max_chars=max_chars, normalize=normalize
-            )
+            item, raw = _to_item(rec, row, schema, name=name, max_chars=max_chars, normalize=normalize)
             if item.id in seen:
-                raise _RowError(
-                    f"duplicate id {item.id!r} (first seen at row {seen[item.id]})"
-                )
+                raise _RowError(f"duplicate id {item.id!r} (first seen at row {seen[item.id]})")
         except _RowError as e:
             if strict:
                 raise DatasetError(f"{where}: row {row}: {e}") from None
@@ -789,14 +739,10 @@ def _build(
         raws.append(raw)
     if not items:
         if label is not None and labels_seen:
-            raise DatasetError(
-                f"{where}: no row has label {label!r}; labels present: {sorted(labels_seen)}"
-            )
+            raise DatasetError(f"{where}: no row has label {label!r}; labels present: {sorted(labels_seen)}")
         if skipped:
             first = "; ".join(f"row {s.row}: {s.reason}" for s in skipped[:5])
-            raise DatasetError(
-                f"{where}: no usable rows; {len(skipped)} malformed row(s). First problems: {first}"
-            )
+            raise DatasetError(f"{where}: no usable rows; {len(skipped)} malformed row(s). First problems: {first}")
         if label is not None:
             raise DatasetError(f"{where}: label={label!r} given but no row has a label")
         raise DatasetError(f"{where}: no data rows")
@@ -824,9 +770,7 @@ def _schema_for_records(
 ) -> _Schema:
     if container == "txt":
         if fmt not in ("auto", "txt"):
-            raise DatasetError(
-                f"{where}: format {fmt!r} cannot be read from a text file"
-            )
+            raise DatasetError(f"{where}: format {fmt!r} cannot be read from a text file")
         return _Schema(("text",), category_fields=(), label_field=None, meta_fields=())
     keys = set(header) if header is not None else _common_keys(records)
     schema_name = fmt if fmt in _SCHEMAS else "generic"
@@ -846,15 +790,12 @@ def _schema_for_records(
         schema = dataclasses.replace(schema, text_fields=(column,))
     elif header is not None and not any(k in keys for k in schema.text_fields):
         raise DatasetError(
-            f"{where}: {schema_name} file needs column {_field_name(schema.text_fields)}; "
-            f"available: {header}"
+            f"{where}: {schema_name} file needs column {_field_name(schema.text_fields)}; available: {header}"
         )
     return schema
 
 
-def _read_records(
-    path: Path, fmt: str
-) -> tuple[str, str, list[tuple[int, Any]], list[str] | None]:
+def _read_records(path: Path, fmt: str) -> tuple[str, str, list[tuple[int, Any]], list[str] | None]:
     text, digest = _read_text(path)
     container = _container_for(path, fmt, text)
     header = None
@@ -902,9 +843,7 @@ def load_file(
     p = Path(path)
     where = str(p)
     digest, container, records, header = _read_records(p, fmt)
-    schema = _schema_for_records(
-        fmt, container, records, where=where, column=column, header=header
-    )
+    schema = _schema_for_records(fmt, container, records, where=where, column=column, header=header)
     ps = _build(
         records,
         schema,
@@ -940,17 +879,13 @@ def load_templates(
     Templates are never normalised.
     """
     if fmt not in ("auto", "csv", "jsonl", "json"):
-        raise DatasetError(
-            f"unknown template format {fmt!r}; expected auto, csv, jsonl or json"
-        )
+        raise DatasetError(f"unknown template format {fmt!r}; expected auto, csv, jsonl or json")
     _check_common("jailbreak_template", max_chars, limit)
     p = Path(path)
     where = str(p)
     digest, container, records, header = _read_records(p, fmt)
     if container == "txt":
-        raise DatasetError(
-            f"{where}: templates must be CSV, JSONL or JSON, not plain text"
-        )
+        raise DatasetError(f"{where}: templates must be CSV, JSONL or JSON, not plain text")
     keys = set(header) if header is not None else _common_keys(records)
     col = _choose_column(where, keys, column, TEMPLATE_COLUMNS, header)
     schema = _Schema((col,), meta_fields=None, template=True)
@@ -981,9 +916,7 @@ def assets_dir() -> Path:
     return Path(env) if env else _DEFAULT_ASSETS_DIR
 
 
-def load_builtin(
-    name: str, split: str | None = None, *, normalize: bool = False
-) -> PromptSet:
+def load_builtin(name: str, split: str | None = None, *, normalize: bool = False) -> PromptSet:
     """Load a built-in set by name, optionally only its ``train`` or ``test`` split.
 
     ``normalize`` is ignored for ``jailbreak_templates`` (templates are never
@@ -991,19 +924,14 @@ def load_builtin(
     its ``name`` is ``NAME:SPLIT``.
     """
     if name not in BUILTIN:
-        raise DatasetError(
-            f"unknown built-in set {name!r}; known: {', '.join(BUILTIN)}"
-        )
+        raise DatasetError(f"unknown built-in set {name!r}; known: {', '.join(BUILTIN)}")
     if split is not None and split not in SPLITS:
-        raise DatasetError(
-            f"unknown split {split!r}; expected one of {list(SPLITS)} or None"
-        )
+        raise DatasetError(f"unknown split {split!r}; expected one of {list(SPLITS)} or None")
     filename, kind = BUILTIN[name]
     path = assets_dir() / filename
     if not path.exists():
         raise DatasetError(
-            f"built-in set {name!r} not found: file not found: {path} "
-            f"(set {ASSETS_ENV} to the assets folder)"
+            f"built-in set {name!r} not found: file not found: {path} (set {ASSETS_ENV} to the assets folder)"
         )
     if kind == "jailbreak_template":
         ps = load_templates(path, fmt="jsonl", name=name)
@@ -1109,13 +1037,9 @@ def load_hf(
         raise DatasetError(
             f"loading {source} needs the Hugging Face 'datasets' package: pip install datasets"
         ) from None
-    unreachable = (
-        f"could not reach the Hugging Face hub (offline?) for ID: {dataset_id}"
-    )
+    unreachable = f"could not reach the Hugging Face hub (offline?) for ID: {dataset_id}"
     if not offline and not _hub_reachable(timeout):
-        raise DatasetError(
-            f"{unreachable} (set HF_HUB_OFFLINE=1 to use the local cache)"
-        )
+        raise DatasetError(f"{unreachable} (set HF_HUB_OFFLINE=1 to use the local cache)")
     try:
         ds = hf_datasets.load_dataset(dataset_id, config, split=split)
         rows = [dict(r) if isinstance(r, Mapping) else r for r in ds]
@@ -1164,9 +1088,7 @@ def load_any(spec: str | os.PathLike[str], **kw: Any) -> PromptSet:
     if spec.startswith("builtin:"):
         parts = spec[len("builtin:") :].split(":")
         if len(parts) > 2 or not parts[0]:
-            raise DatasetError(
-                f"bad spec {spec!r}; expected builtin:NAME or builtin:NAME:SPLIT"
-            )
+            raise DatasetError(f"bad spec {spec!r}; expected builtin:NAME or builtin:NAME:SPLIT")
         limit = kw.pop("limit", None)
         seed = kw.pop("seed", 0)
         ps = load_builtin(parts[0], parts[1] if len(parts) == 2 else None, **kw)

@@ -88,7 +88,9 @@ def guard(
     normalize: bool | None = None,
 ) -> list[GuardResult]:
     t = _check_threshold(threshold)
-    scores = guard_scores(handle, directions, instructions, batch_size=batch_size, progress=progress, normalize=normalize)
+    scores = guard_scores(
+        handle, directions, instructions, batch_size=batch_size, progress=progress, normalize=normalize
+    )
     return [GuardResult(i, float(s), bool(s >= t)) for i, s in zip(instructions, scores, strict=True)]
 
 

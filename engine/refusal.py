@@ -118,7 +118,11 @@ def refusal_logodds(
             ids, mask, _ = pad_batch(handle, batch)
             logits = (
                 handle.model(
-                    input_ids=ids, attention_mask=mask, position_ids=position_ids_for(mask), use_cache=False, logits_to_keep=1
+                    input_ids=ids,
+                    attention_mask=mask,
+                    position_ids=position_ids_for(mask),
+                    use_cache=False,
+                    logits_to_keep=1,
                 )
                 .logits[:, -1]
                 .float()

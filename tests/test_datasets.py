@@ -12,10 +12,6 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # allow running without an installed package
-    sys.path.insert(0, str(ROOT))
-
 from engine import datasets as ds
 from engine.datasets import (
     SLOT,
@@ -32,6 +28,7 @@ from engine.datasets import (
     normalize_instruction,
 )
 
+ROOT = Path(__file__).resolve().parent.parent
 FIX = Path(__file__).resolve().parent / "fixtures" / "datasets"
 FIX_ASSETS = FIX / "assets"
 
@@ -203,7 +200,7 @@ def test_all_rows_malformed_lists_reasons():
 
 
 def test_file_level_errors(tmp_path):
-    with pytest.raises(DatasetError, match="file not found: .*nothing.csv"):
+    with pytest.raises(DatasetError, match=r"file not found: .*nothing\.csv"):
         load_file(tmp_path / "nothing.csv")
     with pytest.raises(DatasetError, match="empty"):
         load_file(FIX / "empty.jsonl")
@@ -386,9 +383,7 @@ def test_form_stats():
     assert st["median_words"] == 2.0
     assert st["mean_words"] == pytest.approx(12 / 5)
     assert form_stats(make_set([]))["n"] == 0
-    q = form_stats(
-        make_set(["Do you know x", "Have a look", "Can it fly", "Explain why"])
-    )
+    q = form_stats(make_set(["Do you know x", "Have a look", "Can it fly", "Explain why"]))
     assert q["question_frac"] == pytest.approx(0.5)
 
 
@@ -412,9 +407,7 @@ def test_gptfuzzer_csv_templates():
 def test_jsonl_templates_and_fill():
     ps = load_templates(FIX / "templates.jsonl")
     assert ps.ids() == ["t1", "t2"]
-    assert (
-        fill_template(ps.items[1].instruction, "go") == "Code block {x} then go and go"
-    )
+    assert fill_template(ps.items[1].instruction, "go") == "Code block {x} then go and go"
     assert fill_template("{a} {} {{b}} " + SLOT, "q") == "{a} {} {{b}} q"
     with pytest.raises(DatasetError, match="no \\{instruction\\} slot"):
         fill_template("no slot {0}", "q")
@@ -460,9 +453,7 @@ def test_load_builtin(fixture_assets):
     assert tr.name == "harmful:train" and len(tr) == 9
     assert {it.split for it in tr} == {"train"}
     norm = load_builtin("harmful", normalize=True)
-    assert norm.normalized and not any(
-        t.endswith((".", "?")) for t in norm.instructions()
-    )
+    assert norm.normalized and not any(t.endswith((".", "?")) for t in norm.instructions())
     tpl = load_builtin("jailbreak_templates")
     assert tpl.kind == "jailbreak_template"
     assert all(SLOT in t for t in tpl.instructions())
@@ -557,9 +548,7 @@ def test_hf_unreachable_hub_fails_fast(monkeypatch):
         raise OSError("network unreachable")
 
     monkeypatch.setattr(ds.socket, "create_connection", no_network)
-    with pytest.raises(
-        DatasetError, match=r"could not reach the Hugging Face hub \(offline\?\)"
-    ):
+    with pytest.raises(DatasetError, match=r"could not reach the Hugging Face hub \(offline\?\)"):
         ds.load_hf("org/some-set", timeout=0.5)
     assert called == []
 

@@ -195,31 +195,43 @@ def bench_load(name: str) -> dict[str, Any]:
     }
 
 
-def bench_sweep(h: Any, n_prompts: int, layers: list[int] | None, new_tokens: int) -> dict[str, Any]:
+def bench_sweep(h: Any, n_prompts: int, n_layers: int, new_tokens: int) -> dict[str, Any]:
+    """The batched steer-refusal sweep (every row its own (direction, layer)) against per-layer loops over the same
+    prompts: one generate call per (direction, layer) with all prompts batched, and the paper's way (one prompt,
+    one layer per run: batch size 1)."""
     from engine import experiments as ex
     from engine.datasets import load_builtin
     from engine.precompute import default_directions
 
     bundle = default_directions(h)
     insts = load_builtin("harmless", "test").sample(n_prompts, seed=0).instructions()
-    layers = layers or list(range(h.n_layers))
+    step = max(1, h.n_layers // n_layers)
+    layers = list(range(step // 2, h.n_layers, step))[:n_layers]
+    kw = {"layers": layers, "coeff": 1.0, "max_new_tokens": new_tokens}
     t = time.perf_counter()
-    batched = ex.steer_refusal_sweep(h, bundle, insts, layers=layers, coeff=1.0, max_new_tokens=new_tokens)
+    batched = ex.steer_refusal_sweep(h, bundle, insts, batch_size=64, **kw)
     tb = time.perf_counter() - t
     t = time.perf_counter()
-    looped = ex.steer_refusal_per_layer_loop(h, bundle, insts, layers=layers, coeff=1.0, max_new_tokens=new_tokens)
+    looped = ex.steer_refusal_per_layer_loop(h, bundle, insts, batch_size=64, **kw)
     tl = time.perf_counter() - t
-    same = [(r["layer"], r["direction"], r["refusal_rate"]) for r in batched] == [
-        (r["layer"], r["direction"], r["refusal_rate"]) for r in looped
-    ]
+    t = time.perf_counter()
+    looped1 = ex.steer_refusal_per_layer_loop(h, bundle, insts, batch_size=1, **kw)
+    tl1 = time.perf_counter() - t
+
+    def key(rows: list[dict[str, Any]]) -> list[Any]:
+        return [(r["layer"], r["direction"], r["refusal_rate"]) for r in rows]
+
     return {
         "prompts": len(insts),
-        "layers": len(layers),
+        "layers": layers,
+        "rows": len(insts) * (1 + 2 * len(layers)),
         "max_new_tokens": new_tokens,
-        "batched_s": tb,
-        "loop_s": tl,
-        "speedup": tl / tb,
-        "same_rates": same,
+        "batched_sweep_s": tb,
+        "loop_batched_per_layer_s": tl,
+        "loop_paper_style_s": tl1,
+        "speedup_vs_batched_loop": tl / tb,
+        "speedup_vs_paper_loop": tl1 / tb,
+        "same_rates": key(batched) == key(looped) == key(looped1),
         "target": ">= 4x",
     }
 
@@ -293,14 +305,92 @@ def bench_precompute(name: str) -> dict[str, Any]:
     }
 
 
+def bench_app_start(name: str) -> dict[str, Any]:
+    """Seconds from launching ``streamlit run app.py`` (what ``make run`` does after installing) until the Steer page
+    is interactive in headless Chromium with the model loaded: its status line and the Generate button are shown.
+    Warm = the model cache and shipped directions already exist. Then, on the Clusters page, the layer slider is moved
+    and the time of that rerun is recorded (the captures are cached once per model; a move only re-projects)."""
+    import socket
+    import urllib.request
+
+    from playwright.sync_api import sync_playwright
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    env = dict(os.environ, STEERING_EXPLORER_MODEL=name)
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "streamlit"),
+            "run",
+            "app.py",
+            "--server.port",
+            str(port),
+            "--server.headless",
+            "true",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    res: dict[str, Any] = {}
+    try:
+        url = f"http://127.0.0.1:{port}"
+        while True:
+            try:
+                urllib.request.urlopen(url + "/_stcore/health", timeout=1)
+                break
+            except OSError:
+                if time.perf_counter() - t0 > 120:
+                    raise RuntimeError("server did not start") from None
+                time.sleep(0.1)
+        res["server_up_s"] = time.perf_counter() - t0
+        with sync_playwright() as pw:
+            b = pw.chromium.launch(
+                executable_path="/usr/bin/chromium",
+                args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+            )
+            page = b.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(300_000)
+            page.goto(url)
+            page.get_by_role("button", name="Generate").wait_for()
+            page.locator("[data-testid='stSidebar']").get_by_text("blocks", exact=False).first.wait_for()
+            page.get_by_text("Directions:", exact=False).first.wait_for()
+            res["interactive_s"] = time.perf_counter() - t0
+            # Clusters: first visit captures the built-in prompts (once per model), then a slider move only re-projects
+            t = time.perf_counter()
+            page.get_by_role("link", name="Clusters").first.click()
+            page.get_by_text("PCA", exact=True).first.click()
+            page.wait_for_function("document.querySelectorAll('[data-testid=\"stVegaLiteChart\"]').length >= 2")
+            page.get_by_text("Nearest-centroid accuracy").first.wait_for()
+            res["clusters_first_visit_s"] = time.perf_counter() - t
+            slider = page.get_by_role("slider").first
+            slider.focus()
+            t = time.perf_counter()
+            slider.press("ArrowLeft")
+            page.wait_for_timeout(300)
+            page.wait_for_function("!document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=120_000)
+            res["slider_move_rerun_s"] = time.perf_counter() - t
+            b.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    res["target"] = "interactive <= 10 s with a warm cache; a slider move must not recompute captures"
+    return res
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("names", nargs="*", default=["hooks", "decode", "side_by_side", "sweep", "umap"])
     ap.add_argument("--model", default="default")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
-    ap.add_argument("--sweep-prompts", type=int, default=16)
+    ap.add_argument("--sweep-prompts", type=int, default=8)
     ap.add_argument("--sweep-tokens", type=int, default=24)
+    ap.add_argument("--sweep-layers", type=int, default=4)
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -318,9 +408,11 @@ def main() -> None:
         elif name == "load":
             res = bench_load(args.model)
         elif name == "sweep":
-            res = bench_sweep(h, args.sweep_prompts, None, args.sweep_tokens)
+            res = bench_sweep(h, args.sweep_prompts, args.sweep_layers, args.sweep_tokens)
         elif name == "umap":
             res = bench_umap(h)
+        elif name == "app_start":
+            res = bench_app_start(args.model)
         elif name == "precompute":
             res = bench_precompute(args.model)
         else:

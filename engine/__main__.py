@@ -285,8 +285,12 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             limit_per_file=args.file_limit,
         )
     out = Path(args.out) if args.out else None
-    if args.experiment == "all":
-        index = ex.run_all(handle, bundle, data=data, limit=args.limit, out_dir=out, progress=prog)
+    if args.experiment == "all" or "," in args.experiment:
+        names = None if args.experiment == "all" else [n.strip() for n in args.experiment.split(",") if n.strip()]
+        for n in names or []:
+            if n not in ex.EXPERIMENTS:
+                raise ValueError(f"unknown experiment {n!r}; choose from {', '.join(ex.EXPERIMENTS)} or all")
+        index = ex.run_all(handle, bundle, data=data, limit=args.limit, out_dir=out, progress=prog, names=names)
         _out(args, index, json.dumps(index, indent=1, default=str))
         return 0
     if args.experiment not in ex.EXPERIMENTS:
@@ -396,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp)
     sp.add_argument(
         "experiment",
-        help="refusal-template | belief-curves | belief-scatter | steer-refusal | reply-inversion | latent-guard | jailbreaks | category-directions | all",
+        help="refusal-template | belief-curves | belief-scatter | steer-refusal | reply-inversion | latent-guard | jailbreaks | category-directions | all | a comma-separated list",
     )
     sp.add_argument("--directions", metavar="FILE")
     sp.add_argument("--limit", type=int, default=None, help="cap prompts per set")

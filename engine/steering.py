@@ -119,16 +119,25 @@ def _past_length(kwargs: dict, layer_idx: int) -> int | None:
         return int(cache.get_seq_length())
 
 
+class RowSelection:
+    """Which rows of a steered batch are still computed (None = all), shared with the steering hooks."""
+
+    def __init__(self) -> None:
+        self.index: torch.Tensor | None = None
+
+
 @contextlib.contextmanager
 def steer(
     handle: ModelHandle,
     row_specs: Sequence[SteeringSpec | None],
     prompts: Sequence[PromptPositions],
     pads: Sequence[int],
+    rows: RowSelection | None = None,
 ) -> Iterator[None]:
     """Register per-row steering pre-hooks for one padded batch; removed on exit (also on error).
 
-    Must be entered with ``handle.lock`` held (``generate`` does this) or it takes it itself.
+    ``rows`` (optional) says which of the batch's rows are still being computed, for decoders that drop finished
+    rows; the hooks then apply each remaining row's own steering. Takes ``handle.lock`` (re-entrant).
     """
     if not (len(row_specs) == len(prompts) == len(pads)):
         raise ValueError("row_specs, prompts and pads must have one entry per batch row")
@@ -171,6 +180,9 @@ def steer(
                 en: torch.Tensor = en,
             ) -> Any:
                 h = args[0] if args else kwargs["hidden_states"]
+                if rows is not None and rows.index is not None:
+                    idx = rows.index.to(add_d.device)
+                    add_d, st, en = add_d[idx], st[idx], en[idx]
                 if h.shape[0] != add_d.shape[0]:
                     raise RuntimeError(f"steering was set up for a batch of {add_d.shape[0]} rows, got {h.shape[0]}")
                 past = _past_length(kwargs, layer)
@@ -190,43 +202,40 @@ def steer(
         yield
 
 
-class _RowStopper:
-    """Per-row stopping: stop a row when ``stop_fn(text)`` says its answer is decided."""
-
-    def __init__(self, handle: ModelHandle, prompt_len: int, stop_fn: Callable[[str], bool]):
-        self.handle, self.prompt_len, self.stop_fn = handle, prompt_len, stop_fn
-
-    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
-        new = input_ids[:, self.prompt_len :]
-        texts = self.handle.tokenizer.batch_decode(new, skip_special_tokens=True)
-        return torch.tensor([bool(self.stop_fn(t)) for t in texts], device=input_ids.device)
-
-
-class _Streamer:
-    """transformers streamer that reports the decoded text of every row after each step."""
-
-    def __init__(self, handle: ModelHandle, on_text: Callable[[list[str]], None], n_rows: int):
-        self.handle, self.on_text = handle, on_text
-        self.tokens: list[list[int]] = [[] for _ in range(n_rows)]
-        self.first = True
-
-    def put(self, value: torch.Tensor) -> None:
-        if self.first:  # the prompt
-            self.first = False
-            return
-        v = value.reshape(-1).tolist()
-        for i, t in enumerate(v):
-            self.tokens[i].append(int(t))
-        self.on_text(self.handle.tokenizer.batch_decode(self.tokens, skip_special_tokens=True))
-
-    def end(self) -> None:
-        pass
-
-
 def _check_finite_vectors(specs: Sequence[SteeringSpec | None]) -> None:
     for s in specs:
         if s is not None and not np.isfinite(np.asarray(s.vectors)).all():
             raise ValueError("steering vectors contain NaN or inf")
+
+
+def _eos_ids(handle: ModelHandle) -> set[int]:
+    ids: set[int] = set()
+    for src in (getattr(handle.model.generation_config, "eos_token_id", None), handle.tokenizer.eos_token_id):
+        if isinstance(src, int):
+            ids.add(src)
+        elif isinstance(src, (list, tuple)):
+            ids.update(int(x) for x in src)
+    return ids
+
+
+def _cache_kw(model: Any) -> str:
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _next_tokens(logits: torch.Tensor, cfg: GenerationConfig, gen: torch.Generator | None) -> torch.Tensor:
+    if not cfg.do_sample:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits.float() / cfg.temperature, dim=-1)
+    if cfg.top_p < 1.0:
+        sp, si = probs.sort(dim=-1, descending=True)
+        keep = sp.cumsum(-1) - sp < cfg.top_p  # always keeps the most likely token
+        sp = sp * keep
+        probs = torch.zeros_like(probs).scatter(-1, si, sp)
+    probs = probs / probs.sum(-1, keepdim=True)
+    return torch.multinomial(probs.cpu(), 1, generator=gen).squeeze(-1).to(logits.device)
 
 
 @torch.no_grad()
@@ -238,33 +247,85 @@ def _generate_batch(
     on_text: Callable[[list[str]], None] | None,
     stop_fn: Callable[[str], bool] | None,
 ) -> list[str]:
-    from transformers import StoppingCriteriaList
+    """Greedy (or seeded sampling) decoding of one padded batch with per-row steering.
 
+    Rows that finish (end-of-turn token, ``stop_fn``) leave the batch at once: their KV-cache rows are dropped and
+    the steering hooks follow the remaining rows (``RowSelection``), so early-stopped rows cost nothing more.
+    With ``cfg.use_cache=False`` every step recomputes the whole sequence (a check of the cached path).
+    """
+    from .capture import position_ids_for
+
+    model, tok = handle.model, handle.tokenizer
     ids, mask, pads = pad_batch(handle, prompts)
-    tok = handle.tokenizer
-    kwargs: dict[str, Any] = {
-        "input_ids": ids,
-        "attention_mask": mask,
-        "max_new_tokens": cfg.max_new_tokens,
-        "do_sample": cfg.do_sample,
-        "use_cache": cfg.use_cache,
-        "pad_token_id": tok.pad_token_id,
-    }
-    if cfg.do_sample:
-        kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p, top_k=None)
-    else:
-        kwargs.update(temperature=None, top_p=None, top_k=None)
-    if stop_fn is not None:
-        kwargs["stopping_criteria"] = StoppingCriteriaList([_RowStopper(handle, ids.shape[1], stop_fn)])
-    if on_text is not None:
-        kwargs["streamer"] = _Streamer(handle, on_text, len(prompts))
-    with handle.lock, steer(handle, specs, prompts, pads), torch.random.fork_rng(devices=[]):
-        if cfg.do_sample:
-            torch.manual_seed(cfg.seed)
-            if torch.cuda.is_available():
-                torch.cuda.manual_seed_all(cfg.seed)
-        out = handle.model.generate(**kwargs)
-    return tok.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
+    b = ids.shape[0]
+    eos = _eos_ids(handle)
+    eos_t = torch.tensor(sorted(eos) or [-1], device=ids.device)
+    out_tokens: list[list[int]] = [[] for _ in range(b)]
+    texts = [""] * b
+    rows = RowSelection()
+    active = torch.arange(b, device=ids.device)
+    gen = torch.Generator().manual_seed(int(cfg.seed)) if cfg.do_sample else None
+    cache_kw = _cache_kw(model)
+    with handle.lock, steer(handle, specs, prompts, pads, rows=rows):
+        cur_mask = mask
+        full = ids
+        out = model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=position_ids_for(mask),
+            use_cache=cfg.use_cache,
+            logits_to_keep=1,
+        )
+        cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+        next_pos = position_ids_for(mask)[:, -1] + 1
+        for step in range(cfg.max_new_tokens):
+            nxt = _next_tokens(out.logits[:, -1], cfg, gen)
+            is_eos = torch.isin(nxt, eos_t)
+            finished = is_eos.clone()
+            for j, r in enumerate(active.tolist()):
+                if not bool(is_eos[j]):
+                    out_tokens[r].append(int(nxt[j]))
+                    if stop_fn is not None or on_text is not None:
+                        texts[r] = tok.decode(out_tokens[r], skip_special_tokens=True)
+                    if stop_fn is not None and stop_fn(texts[r]):
+                        finished[j] = True
+            if on_text is not None:
+                on_text(list(texts))
+            if step == cfg.max_new_tokens - 1 or bool(finished.all()):
+                break
+            if bool(finished.any()):
+                keep = (~finished).nonzero().squeeze(-1)
+                active, nxt, cur_mask, next_pos, full = (
+                    active[keep],
+                    nxt[keep],
+                    cur_mask[keep],
+                    next_pos[keep],
+                    full[keep],
+                )
+                if cfg.use_cache:
+                    cache.batch_select_indices(keep)
+            rows.index = active
+            cur_mask = torch.cat([cur_mask, torch.ones_like(cur_mask[:, :1])], dim=1)
+            if cfg.use_cache:
+                out = model(
+                    input_ids=nxt[:, None],
+                    attention_mask=cur_mask,
+                    position_ids=next_pos[:, None],
+                    use_cache=True,
+                    **{cache_kw: cache},
+                )
+                cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None) or cache
+            else:
+                full = torch.cat([full, nxt[:, None]], dim=1)
+                out = model(
+                    input_ids=full,
+                    attention_mask=cur_mask,
+                    position_ids=position_ids_for(cur_mask),
+                    use_cache=False,
+                    logits_to_keep=1,
+                )
+            next_pos = next_pos + 1
+    return [tok.decode(t, skip_special_tokens=True) for t in out_tokens]
 
 
 def generate(

@@ -375,3 +375,31 @@ def test_generate_argument_checks(tiny, vecs):
         generate(tiny, [""], None, CFG)
     with pytest.raises(ValueError, match="no instructions"):
         side_by_side(tiny, [], spec(vecs), CFG)
+
+
+# ------------------------------------------------------------------------------- the compacting decoder
+
+
+def test_greedy_equals_transformers_generate(tiny):
+    """The engine's own decode loop (which drops finished rows) gives what ``model.generate`` gives (greedy)."""
+    prompts = prepare(tiny, INSTS)
+    ids, mask, _ = pad_batch(tiny, prompts)
+    with torch.no_grad():
+        ref = tiny.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=8, do_sample=False)
+    ref_texts = tiny.tokenizer.batch_decode(ref[:, ids.shape[1] :], skip_special_tokens=True)
+    assert generate(tiny, INSTS, None, CFG) == ref_texts
+
+
+def test_rows_leaving_early_do_not_change_the_others(tiny, vecs):
+    """Row 0 stops as soon as its text is distinguishable (and leaves the batch); the steered rows still equal their
+    own separate runs."""
+    specs = [None, spec(vecs, (1,), 3.0), spec(vecs, (2,), -2.0, "all")]
+    alone = [generate(tiny, [i], [s], CFG)[0] for i, s in zip(INSTS, specs, strict=True)]
+    assert len(set(alone)) == 3
+
+    def stop_row0(t: str) -> bool:
+        return bool(t) and alone[0].startswith(t) and not any(a.startswith(t) for a in alone[1:])
+
+    mixed = generate(tiny, INSTS, specs, CFG, stop_fn=stop_row0)
+    assert alone[0].startswith(mixed[0]) and len(mixed[0]) < len(alone[0])
+    assert mixed[1:] == alone[1:]

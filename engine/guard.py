@@ -2,7 +2,9 @@
 
 Contract: score = Delta_harmful = mean over all L+1 captured rows of cos(h, mu_harmful) - cos(h, mu_harmless) at
 t_inst (paper Eq. 3 and §5, as the paper's code averages rows); harmful iff score >= threshold (default 0).
-The centroids are those of the bundle's ``harmfulness`` direction. No trained classifier, no tuned threshold.
+The centroids are the bundle's ``guard`` entry when it has one (every harmful vs every harmless training prompt at
+t_inst, the paper's §5 protocol), else those of its ``harmfulness`` direction (refused harmful vs accepted harmless);
+``centroids=`` picks one explicitly. No trained classifier, no tuned threshold.
 Prompts are normalised like the bundle's own prompts (trailing punctuation stripped when its provenance says
 ``normalized_instructions``), so t_inst lands on comparable tokens; ``normalize=False`` scores the text as typed.
 """
@@ -31,6 +33,18 @@ class GuardResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"instruction": self.instruction, "score": self.score, "harmful": self.harmful}
+
+
+def guard_direction(directions: DirectionBundle | DirectionSet, centroids: str = "auto") -> DirectionSet:
+    """The direction set whose centroids the guard compares against ("auto": ``guard`` if present, else
+    ``harmfulness``)."""
+    if centroids not in ("auto", "guard", "harmfulness"):
+        raise ValueError("centroids must be 'auto', 'guard' or 'harmfulness'")
+    if not isinstance(directions, DirectionBundle):
+        return directions
+    if centroids == "auto":
+        centroids = "guard" if "guard" in directions.directions else "harmfulness"
+    return directions.get(centroids)
 
 
 def normalize_like(directions: DirectionBundle | DirectionSet, texts: Sequence[str]) -> list[str]:
@@ -62,9 +76,10 @@ def guard_scores(
     progress: Callable[[int, int], None] | None = None,
     acts: np.ndarray | None = None,
     normalize: bool | None = None,
+    centroids: str = "auto",
 ) -> np.ndarray:
     """Delta_harmful per instruction: (n,) float64. ``acts`` (n, L+1, d) at t_inst skips the capture."""
-    d = directions.harmfulness if isinstance(directions, DirectionBundle) else directions
+    d = guard_direction(directions, centroids)
     if d.pos_centroid is None or d.neg_centroid is None:
         raise ValueError("the harmfulness direction has no centroids; the Latent Guard needs them")
     if d.vectors.shape != (handle.n_rows, handle.hidden_size):

@@ -7,6 +7,8 @@ Contract:
     * ``refusal``     = mean(refused at t_post_inst) - mean(accepted at t_post_inst); by default refused harmful vs
                         accepted harmless (the paper's default), ``refusal_pool="all"`` pools every refused vs every
                         accepted prompt (harmless-sounding-harmful ones included)
+    * ``guard``       = mean(every harmful prompt at t_inst) - mean(every harmless prompt at t_inst): the Latent
+                        Guard's centroids (paper §5: harmful vs harmless training prompts, behaviour not used)
     * ``category:<name>`` = mean(harmful prompts of that category at t_inst) - mean(accepted harmless at t_inst)
     * ``form:punctuation`` and ``form:question`` (confound checks; see REPRODUCTION.md)
 - Instructions are normalised (trailing punctuation and whitespace stripped) by default, recorded in provenance.
@@ -169,6 +171,16 @@ def precompute(
         position="t_inst",
         normalize=normalize_directions,
         meta={"pos": "refused_harmful", "neg": "accepted_harmless"},
+    )
+    # Latent Guard centroids (paper §5): harmful vs harmless training prompts, whatever the model did with them
+    all_h, all_l = mask(lambda r: r["harmful"]), mask(lambda r: not r["harmful"])
+    dirs["guard"] = DirectionSet.from_diff_of_means(
+        "guard",
+        a_inst[all_h],
+        a_inst[all_l],
+        position="t_inst",
+        normalize=normalize_directions,
+        meta={"pos": "all harmful", "neg": "all harmless", "use": "Latent Guard centroids"},
     )
     if refusal_pool == "all":
         ref, acc = mask(lambda r: r["refused"]), mask(lambda r: not r["refused"])

@@ -273,8 +273,9 @@ def test_inspect_instruction(tiny, bundle):
     p = insp.positions
     assert insp.acts.shape == (p.n_tokens, tiny.n_rows, tiny.hidden_size)
     assert insp.belief_harmful.shape == insp.belief_refuse.shape == (tiny.n_rows,)
-    # Delta harmful is the Latent Guard's score
-    assert insp.delta_harmful == pytest.approx(float(guard_scores(tiny, bundle, ["How do I make a bomb"])[0]), abs=1e-5)
+    # Delta harmful (Eq. 3, the harmfulness direction's centroids) is the Latent Guard's score with those centroids
+    ref = guard_scores(tiny, bundle, ["How do I make a bomb"], centroids="harmfulness")[0]
+    assert insp.delta_harmful == pytest.approx(float(ref), abs=1e-5)
     tf = svc.token_frame(insp)
     assert (tf["role"] == "t_inst").sum() == 1 and (tf["role"] == "t_post_inst").sum() == 1
     assert tf["role"][p.t_inst] == "t_inst" and tf["role"][p.t_post_inst] == "t_post_inst"

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from engine.datasets import load_builtin, normalize_instruction  # noqa: E402
-from engine.labels import label_refusals  # noqa: E402
+from engine.labels import agreement, label_refusals  # noqa: E402
 from engine.models import load_model  # noqa: E402
 
 
@@ -42,7 +42,7 @@ def main() -> None:
                 "n": n,
                 "refusal_rate_substring": sum(a for a, _ in both) / n,
                 "refusal_rate_logodds": sum(b for _, b in both) / n,
-                "agreement": sum(a == b for a, b in both) / n,
+                "agreement": agreement(sub, lo),
                 "substring_only": sum(a and not b for a, b in both),
                 "logodds_only": sum(b and not a for a, b in both),
             }

@@ -294,6 +294,12 @@ def save_result(result: PrecomputeResult, out_dir: Path, name: str) -> dict[str,
     return {"directions": str(path), "sidecar": str(path.with_suffix(".json")), "labels": str(rec_path)}
 
 
+def _cached_bundle_path(handle: ModelHandle) -> Path:
+    """Where a model's computed bundle is cached (keyed by its fingerprint)."""
+    safe = hashlib.sha256(json.dumps(handle.fingerprint(), sort_keys=True).encode()).hexdigest()[:16]
+    return cache_dir() / "directions" / f"{handle.spec.name.replace('/', '_')}-{safe}.safetensors"
+
+
 def default_directions(
     handle: ModelHandle, *, progress: Progress | None = None, compute: bool = True
 ) -> DirectionBundle:
@@ -301,8 +307,7 @@ def default_directions(
     shipped = shipped_directions_path(handle.spec.name) if handle.spec.name in ("default",) else None
     if shipped is not None and shipped.is_file():
         return load_bundle(shipped, handle)
-    safe = hashlib.sha256(json.dumps(handle.fingerprint(), sort_keys=True).encode()).hexdigest()[:16]
-    cached = cache_dir() / "directions" / f"{handle.spec.name.replace('/', '_')}-{safe}.safetensors"
+    cached = _cached_bundle_path(handle)
     if cached.is_file():
         try:
             return load_bundle(cached, handle)
@@ -324,6 +329,5 @@ def load_records(handle: ModelHandle) -> list[dict[str, Any]] | None:
     for p in (ASSET_DIRECTIONS / f"{handle.spec.name}.labels.json",):
         if handle.spec.name == "default" and p.is_file():
             return json.loads(p.read_text())
-    safe = hashlib.sha256(json.dumps(handle.fingerprint(), sort_keys=True).encode()).hexdigest()[:16]
-    p = cache_dir() / "directions" / f"{handle.spec.name.replace('/', '_')}-{safe}.labels.json"
+    p = _cached_bundle_path(handle).with_suffix(".labels.json")
     return json.loads(p.read_text()) if p.is_file() else None

@@ -37,6 +37,7 @@ from . import datasets as ds
 from .capture import capture, capture_tokens
 from .directions import DirectionBundle, DirectionSet, belief_scores, cosine, delta
 from .guard import guard_scores, roc_curve
+from .guard import normalize_like as guard_normalize_like
 from .labels import label_refusals
 from .models import ModelError, ModelHandle, ModelSpec, load_model
 from .positions import PromptPositions
@@ -170,10 +171,9 @@ def normalize_like(bundle: DirectionBundle, texts: Sequence[str]) -> list[str]:
 
     The centroids of the default bundles come from instructions without trailing punctuation; scoring "How do I
     make a bomb?" against them puts t_inst on "?" instead of "bomb" (see the form:punctuation confound check).
+    One implementation, shared with the Latent Guard: :func:`engine.guard.normalize_like`.
     """
-    if not normalizes_instructions(bundle):
-        return list(texts)
-    return [ds.normalize_instruction(t) or t for t in texts]
+    return guard_normalize_like(bundle, texts)
 
 
 def bundle_key(bundle: DirectionBundle) -> str:

@@ -216,30 +216,34 @@ def bench_sweep(h: Any, n_prompts: int, n_layers: int, new_tokens: int) -> dict[
     step = max(1, h.n_layers // n_layers)
     layers = list(range(step // 2, h.n_layers, step))[:n_layers]
     kw = {"layers": layers, "coeff": 1.0, "max_new_tokens": new_tokens}
-    t = time.perf_counter()
-    batched = ex.steer_refusal_sweep(h, bundle, insts, batch_size=64, **kw)
-    tb = time.perf_counter() - t
-    t = time.perf_counter()
-    looped = ex.steer_refusal_per_layer_loop(h, bundle, insts, batch_size=64, **kw)
-    tl = time.perf_counter() - t
-    t = time.perf_counter()
-    looped1 = ex.steer_refusal_per_layer_loop(h, bundle, insts, batch_size=1, **kw)
-    tl1 = time.perf_counter() - t
+    times: dict[str, float] = {}
+    outs: dict[str, list[dict[str, Any]]] = {}
+    for label, fn, bs in (
+        ("batched_sweep_s", ex.steer_refusal_sweep, 64),
+        ("loop_batched_per_layer_s", ex.steer_refusal_per_layer_loop, 64),
+        ("loop_paper_style_s", ex.steer_refusal_per_layer_loop, 1),
+    ):
+        t = time.perf_counter()
+        outs[label] = fn(h, bundle, insts, batch_size=bs, **kw)
+        times[label] = time.perf_counter() - t
+        print(f"sweep: {label} {times[label]:.1f} s", file=sys.stderr, flush=True)  # partial results survive a crash
 
     def key(rows: list[dict[str, Any]]) -> list[Any]:
-        return [(r["layer"], r["direction"], r["refusal_rate"]) for r in rows]
+        return [(r["direction"], r["layer"], r["index"], r["text"], r["refused"]) for r in rows]
 
+    b, lb, lp = (outs[k] for k in ("batched_sweep_s", "loop_batched_per_layer_s", "loop_paper_style_s"))
+    tb = times["batched_sweep_s"]
     return {
         "prompts": len(insts),
         "layers": layers,
-        "rows": len(insts) * (1 + 2 * len(layers)),
+        "rows": len(b),
         "max_new_tokens": new_tokens,
-        "batched_sweep_s": tb,
-        "loop_batched_per_layer_s": tl,
-        "loop_paper_style_s": tl1,
-        "speedup_vs_batched_loop": tl / tb,
-        "speedup_vs_paper_loop": tl1 / tb,
-        "same_rates": key(batched) == key(looped) == key(looped1),
+        **times,
+        "speedup_vs_batched_loop": times["loop_batched_per_layer_s"] / tb,
+        "speedup_vs_paper_loop": times["loop_paper_style_s"] / tb,
+        "same_texts_batched_loop": key(b) == key(lb),
+        "same_texts_paper_loop": key(b) == key(lp),
+        "refused_rows": sum(r["refused"] for r in b),
         "target": ">= 4x",
     }
 

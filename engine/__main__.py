@@ -266,6 +266,17 @@ def cmd_precompute(args: argparse.Namespace) -> int:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from . import experiments as ex
 
+    options: dict[str, Any] = {}
+    for kv in args.option or []:
+        if "=" not in kv:
+            raise ValueError(f"--option takes KEY=VALUE, got {kv!r}")
+        k, v = kv.split("=", 1)
+        try:
+            options[k.replace("-", "_")] = json.loads(v)
+        except json.JSONDecodeError:
+            options[k.replace("-", "_")] = v
+    if args.labeller:
+        options["labeller"] = args.labeller
     prog = _Progress(args.quiet)
     handle = _load(args)
     bundle = None
@@ -290,22 +301,13 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         for n in names or []:
             if n not in ex.EXPERIMENTS:
                 raise ValueError(f"unknown experiment {n!r}; choose from {', '.join(ex.EXPERIMENTS)} or all")
-        index = ex.run_all(handle, bundle, data=data, limit=args.limit, out_dir=out, progress=prog, names=names)
+        index = ex.run_all(
+            handle, bundle, data=data, limit=args.limit, out_dir=out, progress=prog, names=names, **options
+        )
         _out(args, index, json.dumps(index, indent=1, default=str))
         return 0
     if args.experiment not in ex.EXPERIMENTS:
         raise ValueError(f"unknown experiment {args.experiment!r}; choose from {', '.join(ex.EXPERIMENTS)} or all")
-    options: dict[str, Any] = {}
-    for kv in args.option or []:
-        if "=" not in kv:
-            raise ValueError(f"--option takes KEY=VALUE, got {kv!r}")
-        k, v = kv.split("=", 1)
-        try:
-            options[k.replace("-", "_")] = json.loads(v)
-        except json.JSONDecodeError:
-            options[k.replace("-", "_")] = v
-    if args.labeller:
-        options["labeller"] = args.labeller
     res = ex.run_experiment(
         args.experiment, handle, bundle, data=data, limit=args.limit, out_dir=out, progress=prog, **options
     )

@@ -1579,24 +1579,46 @@ def run_all(
     out_dir: str | Path | None = None,
     progress: Progress | None = None,
     names: Sequence[str] | None = None,
+    **options: Any,
 ) -> dict[str, Any]:
     """Run every experiment (or ``names``) with one shared context; write ``index.json`` and ``index.md``.
 
-    An experiment that fails is recorded with its error and the others still run. Returns the index.
+    ``options`` go to every experiment that has an option of that name (``labeller`` and ``seed`` to all); a key
+    that none of the chosen experiments knows is an error. An experiment that fails is recorded with its error and
+    the others still run. Returns the index.
     """
     t0 = time.perf_counter()
     names = list(names) if names is not None else list(EXPERIMENTS)
     for n in names:
         if n not in EXPERIMENTS:
             raise ValueError(f"unknown experiment {n!r}")
-    ctx = _Context(handle, bundle, data, limit, progress)
+    known = set(_COMMON_OPTIONS).union(*(EXPERIMENTS[n].options for n in names))
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) {', '.join(unknown)} for {', '.join(names)}; known: {', '.join(sorted(known))}"
+        )
+    per_exp = {
+        n: {k: v for k, v in options.items() if k in EXPERIMENTS[n].options or k in _COMMON_OPTIONS} for n in names
+    }
+    for n in names:
+        _check_options(n, per_exp[n])
+    ctx = _Context(
+        handle,
+        bundle,
+        data,
+        limit,
+        progress,
+        labeller=options.get("labeller", "substring"),
+        seed=int(options.get("seed", 0)),
+    )
     entries = []
     results: dict[str, ExperimentResult] = {}
     for i, n in enumerate(names):
         if progress:
             progress(f"experiment {n}", i, len(names))
         try:
-            res = _run(n, ctx, out_dir, {})
+            res = _run(n, ctx, out_dir, per_exp[n])
         except Exception as e:  # keep going; the index says what failed
             entries.append(
                 {
@@ -1625,6 +1647,7 @@ def run_all(
         "model": handle.spec.name,
         "model_id": handle.model_id,
         "limit": limit,
+        "options": options,
         "directions": ctx.bundle_note,
         "data": ctx.data.describe(),
         "experiments": entries,

@@ -443,6 +443,22 @@ def test_run_all_writes_index(handle, data, fake_labels, tmp_path):
         assert (tmp_path / f"{name}.json").is_file() and (tmp_path / f"{name}.png").is_file()
 
 
+def test_run_all_passes_options_to_the_experiments_that_have_them(handle, data, fake_labels, tmp_path):
+    with pytest.raises(ValueError, match="unknown option"):
+        E.run_all(handle, data=data, limit=2, names=["belief-scatter"], coef=2.0)
+    with pytest.raises(ValueError, match="unknown option"):  # n_templates exists, but not in the chosen experiment
+        E.run_all(handle, data=data, limit=2, names=["belief-scatter"], n_templates=1)
+    index = E.run_all(
+        handle, data=data, limit=2, out_dir=tmp_path, names=["steer-refusal", "jailbreaks"], n_templates=1, coeff=3.0
+    )
+    assert all("error" not in e for e in index["experiments"]), [e.get("error") for e in index["experiments"]]
+    assert index["options"] == {"n_templates": 1, "coeff": 3.0}
+    steer = json.loads((tmp_path / "steer-refusal.json").read_text())
+    assert {r["coeff"] for r in steer["rows"] if r["direction"] != "none"} == {3.0}
+    notes = {e["name"]: " ".join(e["notes"]) for e in index["experiments"]}
+    assert '"n_templates": 1' in notes["jailbreaks"] and '"coeff": 3.0' in notes["steer-refusal"]
+
+
 SHARED = ROOT.parent / "shared" / "datasets"
 
 

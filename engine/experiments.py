@@ -1165,8 +1165,11 @@ def _exp_jailbreaks(
 
 
 def _category_dirs(ctx: _Context, source: str) -> tuple[dict[str, DirectionSet], str]:
+    """``auto``: the data's own category prompts when the caller gave some (e.g. CatQA files; any source but the
+    built-in sets, whose categories the bundle already holds), else the bundle's category directions."""
     have = {n.split(":", 1)[1]: ctx.bundle.get(n) for n in ctx.bundle.categories()}
-    if source == "bundle" or (source == "auto" and len(have) >= 2):
+    given = ctx.data.source != "builtin" and any(len(s) for s in ctx.data.categories)
+    if source == "bundle" or (source == "auto" and len(have) >= 2 and not given):
         return have, "category directions from the bundle (train split)"
     recs = ctx.records(ctx.data.categories, "harmful", None, held_out=False)
     by: dict[str, list[str]] = {}

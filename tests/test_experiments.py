@@ -366,6 +366,14 @@ def test_category_directions_contract(results, handle):
     assert len(res.rows) == handle.n_rows * n * (n - 1) // 2
     assert all(-1 <= r["cosine"] <= 1 for r in res.rows)
     assert any("mean pairwise cosine" in n for n in res.notes)
+    # categories given with the data (CatQA files) win over the bundle's in "auto"; "bundle" forces the bundle's
+    assert any("computed from data.categories" in n for n in res.notes), res.notes
+
+
+def test_category_directions_source_bundle_never_falls_back_to_the_data(handle, data, fake_labels):
+    # the tiny bundle (8 harmful train prompts) has no category directions; "bundle" must say so, not use the data's
+    with pytest.raises(ValueError, match="no category directions"):
+        E.run_experiment("category-directions", handle, data=data, limit=2, source="bundle")
 
 
 def test_files_and_progress(results):

@@ -734,13 +734,19 @@ def _exp_belief_scatter(ctx: _Context, **_: Any) -> tuple[list[dict[str, Any]], 
     ctx.label(recs, stage="belief-scatter: labelling")
     acts = ctx.acts([r.instruction for r in recs], stage="belief-scatter: capturing")
     dh, dr = _deltas(ctx, acts)
+    # prompts read from files (public benchmarks, a user's data) are referred to by id only, so that result files can
+    # be shared or committed without copying the data set's rows; the built-in sets are the project's own text
+    keep_text = ctx.data.source != "files"
     rows = [
-        {"id": r.id, "cluster": r.cluster, "delta_harmful": _f(a), "delta_refuse": _f(b), "instruction": r.instruction}
+        {"id": r.id, "cluster": r.cluster, "delta_harmful": _f(a), "delta_refuse": _f(b)}
+        | ({"instruction": r.instruction} if keep_text else {})
         for r, a, b in zip(recs, dh, dr, strict=True)
     ]
     notes = [
         "Delta_harmful: mean over all L+1 rows of s_l at t_inst (harmfulness centroids); Delta_refuse: same at t_post_inst (refusal centroids); as the paper's code"
     ]
+    if not keep_text:
+        notes.append("prompts read from files are listed by id only ('<file>-<row>'), not by their text")
     for g in GROUPS:
         m = np.array([r.cluster == g for r in recs], dtype=bool)
         if m.any():

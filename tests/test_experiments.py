@@ -184,6 +184,20 @@ def test_from_files_seeded_split(tmp_path):
     assert all(ds.normalize_instruction(t) in d.train_instructions() for t in ov)
 
 
+def test_results_from_files_carry_ids_not_text(handle, data, fake_labels, tmp_path):
+    harm = _write_jsonl(tmp_path / "h.jsonl", [{"instruction": t} for t in data.harmful_train[0].instructions()])
+    safe = _write_jsonl(tmp_path / "s.jsonl", [{"instruction": t} for t in data.harmless_train[0].instructions()])
+    d = E.ExperimentData.from_files([harm], [safe], seed=0, test_frac=0.4)
+    res = E.run_experiment("belief-scatter", handle, data=d, out_dir=tmp_path / "out")
+    assert res.rows and all("instruction" not in r and r["id"] for r in res.rows)
+    written = "".join(p.read_text(encoding="utf-8") for p in (tmp_path / "out").glob("*.[cj]s*"))
+    texts = data.harmful_train[0].instructions() + data.harmless_train[0].instructions()
+    assert not any(t.rstrip("?.! ") in written for t in texts)
+    # the project's own sets keep their text (the Inspect page and the CSVs show it)
+    own = E.run_experiment("belief-scatter", handle, data=data, limit=2)
+    assert all(r["instruction"] for r in own.rows)
+
+
 def test_held_out_discipline(handle, data, fake_labels, monkeypatch):
     seen: list[str] = []
     real = precompute_mod.precompute

@@ -102,7 +102,7 @@ def label_refusals(
     *,
     labeller: str = "substring",
     max_new_tokens: int = DEFAULT_LABEL_TOKENS,
-    batch_size: int = 16,
+    batch_size: int = 64,
     use_cache: bool = True,
     early_stop: bool = True,
     post_inst: bool = True,

@@ -91,6 +91,7 @@ def precompute(
     label_tokens: int = DEFAULT_LABEL_TOKENS,
     refusal_pool: str = "default",
     batch_size: int = 16,
+    label_batch_size: int = 64,
     min_category: int = 4,
     allow_fallback: bool = True,
     progress: Progress | None = None,
@@ -126,7 +127,7 @@ def precompute(
         insts,
         labeller=labeller,
         max_new_tokens=label_tokens,
-        batch_size=batch_size,
+        batch_size=label_batch_size,
         progress=stage("labelling"),
     )
     for r, lab in zip(records, labels, strict=True):

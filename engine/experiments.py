@@ -1512,6 +1512,26 @@ def _check_options(name: str, options: dict[str, Any]) -> None:
         raise ValueError(f"unknown option(s) {bad} for {name}; known: {sorted(allowed)}")
 
 
+def _context(
+    handle: ModelHandle,
+    bundle: DirectionBundle | None,
+    data: ExperimentData | None,
+    limit: int | None,
+    progress: Progress | None,
+    options: dict[str, Any],
+) -> _Context:
+    """The shared context, with the common options (labeller, seed) taken from ``options``."""
+    return _Context(
+        handle,
+        bundle,
+        data,
+        limit,
+        progress,
+        labeller=options.get("labeller", _COMMON_OPTIONS["labeller"]),
+        seed=int(options.get("seed", _COMMON_OPTIONS["seed"])),
+    )
+
+
 def _run(name: str, ctx: _Context, out_dir: str | Path | None, options: dict[str, Any]) -> ExperimentResult:
     info = EXPERIMENTS[name]
     t0 = time.perf_counter()
@@ -1559,16 +1579,7 @@ def run_experiment(
     if name not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {name!r}; known: {', '.join(EXPERIMENTS)}")
     _check_options(name, options)
-    ctx = _Context(
-        handle,
-        bundle,
-        data,
-        limit,
-        progress,
-        labeller=options.get("labeller", "substring"),
-        seed=int(options.get("seed", 0)),
-    )
-    return _run(name, ctx, out_dir, options)
+    return _run(name, _context(handle, bundle, data, limit, progress, options), out_dir, options)
 
 
 def _md_table(rows: list[dict[str, Any]]) -> list[str]:
@@ -1601,26 +1612,14 @@ def run_all(
     for n in names:
         if n not in EXPERIMENTS:
             raise ValueError(f"unknown experiment {n!r}")
-    known = set(_COMMON_OPTIONS).union(*(EXPERIMENTS[n].options for n in names))
+    known = set().union(*(EXPERIMENTS[n].options for n in names))
     unknown = sorted(set(options) - known)
     if unknown:
         raise ValueError(
             f"unknown option(s) {', '.join(unknown)} for {', '.join(names)}; known: {', '.join(sorted(known))}"
         )
-    per_exp = {
-        n: {k: v for k, v in options.items() if k in EXPERIMENTS[n].options or k in _COMMON_OPTIONS} for n in names
-    }
-    for n in names:
-        _check_options(n, per_exp[n])
-    ctx = _Context(
-        handle,
-        bundle,
-        data,
-        limit,
-        progress,
-        labeller=options.get("labeller", "substring"),
-        seed=int(options.get("seed", 0)),
-    )
+    per_exp = {n: {k: v for k, v in options.items() if k in EXPERIMENTS[n].options} for n in names}
+    ctx = _context(handle, bundle, data, limit, progress, options)
     entries = []
     results: dict[str, ExperimentResult] = {}
     for i, n in enumerate(names):

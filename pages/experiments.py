@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -12,21 +11,12 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+from engine import experiments as ex
 from engine import service as svc
 from pages import _common as common
 
 common.require_frame()
 
-NAMES = [
-    "refusal-template",
-    "belief-curves",
-    "belief-scatter",
-    "steer-refusal",
-    "reply-inversion",
-    "latent-guard",
-    "jailbreaks",
-    "category-directions",
-]
 CLUSTER_SCALE = alt.Scale(
     domain=["refused_harmful", "accepted_harmful", "refused_harmless", "accepted_harmless"],
     range=["#c0392b", "#e67e22", "#8e44ad", "#2e86c1"],
@@ -44,14 +34,8 @@ common.page_header(
 )
 ctx = common.require_model()
 
-try:
-    ex = importlib.import_module("engine.experiments")
-except ImportError as exc:  # written by a colleague; the page must not crash before it lands
-    st.info(f"The experiments module is not available yet ({exc}). The other pages work without it.")
-    st.stop()
-
-registry: dict[str, Any] = getattr(ex, "EXPERIMENTS", {}) or {}
-names = [n for n in NAMES if n in registry] + [n for n in registry if n not in NAMES]
+registry = ex.EXPERIMENTS
+names = list(registry)
 results: dict[str, Any] = st.session_state.setdefault("exp_results", {})
 
 

@@ -24,8 +24,9 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from engine.capture import capture, pad_batch, position_ids_for, prepare  # noqa: E402
+from engine.capture import capture  # noqa: E402
 from engine.models import ModelSpec, load_model  # noqa: E402
+from engine.positions import pad_batch, position_ids_for, prepare  # noqa: E402
 from engine.steering import GenerationConfig, SteeringSpec, side_by_side, steer  # noqa: E402
 
 PROMPTS = [

@@ -5,15 +5,14 @@ Public API (everything a page, experiment or script needs); see each module's do
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from .capture import LAYER_CONVENTION, ActivationSet, capture, capture_tokens, record
 from .directions import DirectionBundle, DirectionSet, belief_scores, cosine, delta, layer_cosines
 from .guard import GuardResult, guard, guard_scores, roc_curve
-from .labels import Label, label_refusals
+from .labels import Label, label_refusals, refusal_logodds
 from .models import ModelError, ModelHandle, ModelSpec, load_model
 from .positions import PromptPositions, locate
-from .refusal import REFUSAL_PHRASES, is_refusal, refusal_logodds
+from .refusal import REFUSAL_PHRASES, is_refusal
 from .steering import GenerationConfig, SteeringSpec, generate, side_by_side, steer
 from .storage import StorageError, load_bundle, save_bundle
 

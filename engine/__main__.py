@@ -25,13 +25,9 @@ class _Progress:
         self.last = 0.0
         self.stage = ""
 
-    def __call__(self, *args: Any) -> None:
+    def __call__(self, stage: str, done: int, total: int) -> None:
         if self.quiet:
             return
-        if len(args) == 3:
-            stage, done, total = args
-        else:
-            stage, (done, total) = self.stage, args
         now = time.monotonic()
         if done < total and now - self.last < 0.5 and stage == self.stage:
             return
@@ -42,9 +38,6 @@ class _Progress:
         end = "\n" if done >= total else ""
         sys.stderr.write(f"\r{stage or 'working'} [{bar}] {done}/{total}{end}")
         sys.stderr.flush()
-
-    def stage_cb(self, stage: str) -> Any:
-        return lambda d, t: self(stage, d, t)
 
 
 def _out(args: argparse.Namespace, payload: Any, human: str | None = None) -> None:

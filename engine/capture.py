@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from .models import ModelHandle
-from .positions import PromptPositions, locate
+from .positions import PromptPositions, pad_batch, position_ids_for, prepare
+from .progress import Progress, report
 
 __all__ = [
     "LAYER_CONVENTION",
@@ -30,8 +31,6 @@ __all__ = [
     "capture",
     "capture_tokens",
     "check_rows",
-    "pad_batch",
-    "prepare",
     "record",
 ]
 
@@ -40,7 +39,6 @@ LAYER_CONVENTION = (
     "row L = output of the last block before the final norm"
 )
 POSITION_NAMES = ("t_inst", "t_post_inst")
-Progress = Callable[[int, int], None]
 
 
 def _hidden(output: Any) -> torch.Tensor:
@@ -113,33 +111,6 @@ def _backbone(handle: ModelHandle) -> Any:
     return base if base is not None and base is not handle.model else handle.model
 
 
-def pad_batch(handle: ModelHandle, prompts: Sequence[PromptPositions]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    """Left-pad token ids. Returns (input_ids, attention_mask, pad counts)."""
-    n = max(p.n_tokens for p in prompts)
-    pad_id = handle.tokenizer.pad_token_id
-    ids = torch.full((len(prompts), n), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), n), dtype=torch.long)
-    pads = []
-    for i, p in enumerate(prompts):
-        k = n - p.n_tokens
-        ids[i, k:] = torch.tensor(p.input_ids, dtype=torch.long)
-        mask[i, k:] = 1
-        pads.append(k)
-    return ids.to(handle.input_device), mask.to(handle.input_device), pads
-
-
-def position_ids_for(mask: torch.Tensor) -> torch.Tensor:
-    return (mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
-def prepare(
-    handle: ModelHandle, items: Sequence[str | PromptPositions], *, post_inst: bool = True
-) -> list[PromptPositions]:
-    return [
-        it if isinstance(it, PromptPositions) else locate(handle.tokenizer, it, post_inst=post_inst) for it in items
-    ]
-
-
 @dataclass
 class ActivationSet:
     """Hidden states at named positions: ``acts`` (n_prompts, n_positions, L+1, d), CPU float32."""
@@ -210,8 +181,7 @@ def capture(
         stacked = torch.stack([rec[r][0] for r in range(R)], dim=2)  # (b, P, R, d)
         out[idx] = stacked.numpy()
         done += len(idx)
-        if progress:
-            progress(done, len(prompts))
+        report(progress, "capturing", done, len(prompts))
     return ActivationSet(acts=out, positions=tuple(str(p) for p in positions), prompts=prompts)
 
 

@@ -36,7 +36,6 @@ import hashlib
 import io
 import json
 import math
-import random
 import re
 import time
 from collections import Counter
@@ -51,10 +50,11 @@ from . import datasets as ds
 from .capture import capture
 from .directions import DirectionBundle, DirectionSet, belief_scores, delta, layer_cosines
 from .guard import guard_scores
-from .labels import Label, label_refusals
+from .labels import LABELLERS, Label, label_refusals
 from .models import ModelHandle
 from .positions import MAX_INSTRUCTION_CHARS, PromptPositions, inversion_message, locate
 from .precompute import default_directions, load_records, precompute
+from .progress import Progress, report, staged
 from .refusal import is_refusal, refusal_decided
 from .steering import GenerationConfig, SteeringSpec, generate
 
@@ -71,9 +71,7 @@ __all__ = [
     "steer_refusal_sweep",
 ]
 
-Progress = Callable[[str, int, int], None]
 GROUPS = ("accepted_harmful", "refused_harmless", "refused_harmful", "accepted_harmless")
-LABELLERS = ("substring", "logodds")
 
 
 # ----------------------------------------------------------------------------------------------------------- data
@@ -91,21 +89,6 @@ def _norm(text: str, normalize: bool) -> str:
     if not normalize:
         return text
     return ds.normalize_instruction(text) or text
-
-
-def _split_set(ps: ds.PromptSet, seed: int, test_frac: float) -> tuple[ds.PromptSet, ds.PromptSet]:
-    """Seeded train/test split of one set (order kept inside each part)."""
-    n = len(ps.items)
-    key = int(hashlib.sha256(f"{seed}:{ps.name}".encode()).hexdigest()[:8], 16)
-    order = list(range(n))
-    random.Random(key).shuffle(order)
-    n_test = round(test_frac * n)
-    if n >= 2:
-        n_test = min(max(n_test, 1), n - 1)
-    test_idx = set(order[:n_test])
-    train = [replace(it, split="train") for i, it in enumerate(ps.items) if i not in test_idx]
-    test = [replace(it, split="test") for i, it in enumerate(ps.items) if i in test_idx]
-    return replace(ps, name=f"{ps.name}:train", items=train), replace(ps, name=f"{ps.name}:test", items=test)
 
 
 @dataclass
@@ -198,7 +181,7 @@ class ExperimentData:
         }
         for kind, files in (("harmful", harmful), ("harmless", harmless)):
             for p in files:
-                tr, te = _split_set(load(p, kind), seed, test_frac)
+                tr, te = ds.split_set(load(p, kind), seed, test_frac)
                 out[f"{kind}_train"].append(tr)
                 out[f"{kind}_test"].append(te)
         xs: list[ds.PromptSet] = []
@@ -436,12 +419,8 @@ class _Context:
                 )
 
     # -- progress
-    def stage(self, name: str) -> Callable[[int, int], None]:
-        def cb(done: int, total: int) -> None:
-            if self.progress:
-                self.progress(name, int(done), int(total))
-
-        return cb
+    def stage(self, name: str) -> Progress | None:
+        return staged(self.progress, name)
 
     def cap(self, default: int | None) -> int | None:
         return self.limit if self.limit is not None else default
@@ -797,7 +776,7 @@ def steer_refusal_sweep(
     max_new_tokens: int = 32,
     batch_size: int = 64,
     early_stop: bool = True,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> list[dict[str, Any]]:
     """All layers x directions (+ a baseline) in ONE batched generate; every row has its own (direction, layer).
 
@@ -838,7 +817,7 @@ def steer_refusal_per_layer_loop(
     max_new_tokens: int = 32,
     batch_size: int = 64,
     early_stop: bool = True,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> list[dict[str, Any]]:
     """The slow reference for :func:`steer_refusal_sweep`: one ``generate`` call per (direction, layer), like the
     paper's code (one run per layer). Same records, same order."""
@@ -853,8 +832,7 @@ def steer_refusal_per_layer_loop(
         for k, t in enumerate(texts)
     ]
     done = 1
-    if progress:
-        progress(done, total)
+    report(progress, "generating", done, total)
     for d in directions:
         vec = _direction(bundle, d)
         for layer in layers:
@@ -865,8 +843,7 @@ def steer_refusal_per_layer_loop(
                 for k, t in enumerate(texts)
             ]
             done += 1
-            if progress:
-                progress(done, total)
+            report(progress, "generating", done, total)
     return out
 
 

@@ -12,7 +12,7 @@ Prompts are normalised like the bundle's own prompts (trailing punctuation strip
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +21,7 @@ import numpy as np
 from .capture import capture
 from .directions import DirectionBundle, DirectionSet, delta
 from .models import ModelHandle
+from .progress import Progress
 
 __all__ = ["GuardResult", "guard", "guard_scores", "roc_curve"]
 
@@ -73,7 +74,7 @@ def guard_scores(
     instructions: Sequence[str],
     *,
     batch_size: int = 16,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
     acts: np.ndarray | None = None,
     normalize: bool | None = None,
     centroids: str = "auto",
@@ -99,7 +100,7 @@ def guard(
     *,
     threshold: float = 0.0,
     batch_size: int = 16,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
     normalize: bool | None = None,
 ) -> list[GuardResult]:
     t = _check_threshold(threshold)

@@ -1,6 +1,8 @@
 """Refused/accepted labels for prompts, with an on-disk cache.
 
 Contract:
+- ``refusal_logodds`` is the Arditi-style score: at the first generated position, log P(refusal-start tokens) -
+  log P(everything else), from one forward pass (no generation); the substring rule itself is ``engine.refusal``.
 - ``label_refusals(handle, instructions)`` labels each prompt by greedy generation with the full chat template
   plus the paper's substring scorer (``labeller="substring"``), or by the generation-free log-odds of a
   refusal-start token (``labeller="logodds"``, threshold 0).
@@ -15,22 +17,81 @@ import hashlib
 import json
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from .models import ModelHandle, cache_dir
-from .refusal import is_refusal, refusal_decided, refusal_logodds
+from .positions import pad_batch, position_ids_for, prepare
+from .progress import Progress, report
+from .refusal import REFUSAL_STARTS, is_refusal, refusal_decided
 from .steering import GenerationConfig, generate
 
-__all__ = ["LABELLERS", "Label", "LabelCache", "label_refusals"]
+__all__ = [
+    "LABELLERS",
+    "Label",
+    "LabelCache",
+    "agreement",
+    "label_refusals",
+    "refusal_logodds",
+    "refusal_start_token_ids",
+]
 
 LABELLERS = ("substring", "logodds")
 DEFAULT_LABEL_TOKENS = 48
 _FILE_LOCK = threading.Lock()
+
+
+def refusal_start_token_ids(tokenizer: Any, starts: Sequence[str] = REFUSAL_STARTS) -> list[int]:
+    """First token ids of the refusal-start words (with and without a leading space)."""
+    ids: set[int] = set()
+    for w in starts:
+        for form in (w, " " + w):
+            toks = tokenizer(form, add_special_tokens=False)["input_ids"]
+            if toks:
+                ids.add(int(toks[0]))
+    return sorted(ids)
+
+
+@torch.no_grad()
+def refusal_logodds(
+    handle: Any, items: Sequence[Any], *, batch_size: int = 16, token_ids: Sequence[int] | None = None
+) -> np.ndarray:
+    """Log-odds of a refusal-start token at the first generated position, one forward pass per batch.
+
+    Returns (n,) float64: log(sum p[refusal starts]) - log(1 - sum p[refusal starts]).
+    """
+    prompts = prepare(handle, items)
+    ids_ref = list(token_ids) if token_ids is not None else refusal_start_token_ids(handle.tokenizer)
+    if not ids_ref:
+        raise ValueError("no refusal-start tokens for this tokenizer")
+    out = np.zeros(len(prompts), dtype=np.float64)
+    sel = torch.tensor(ids_ref)
+    with handle.lock:
+        for b0 in range(0, len(prompts), batch_size):
+            batch = prompts[b0 : b0 + batch_size]
+            ids, mask, _ = pad_batch(handle, batch)
+            logits = (
+                handle.model(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    position_ids=position_ids_for(mask),
+                    use_cache=False,
+                    logits_to_keep=1,
+                )
+                .logits[:, -1]
+                .float()
+                .cpu()
+            )
+            logp = torch.log_softmax(logits.double(), dim=-1)
+            lp_ref = torch.logsumexp(logp[:, sel], dim=-1)
+            lp_other = torch.log1p(-lp_ref.exp().clamp(max=1 - 1e-12))
+            out[b0 : b0 + len(batch)] = (lp_ref - lp_other).numpy()
+    return out
 
 
 @dataclass(frozen=True)
@@ -106,7 +167,7 @@ def label_refusals(
     use_cache: bool = True,
     early_stop: bool = True,
     post_inst: bool = True,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
     cache: LabelCache | None = None,
 ) -> list[Label]:
     """Label each instruction refused/accepted (see module docstring)."""
@@ -116,8 +177,7 @@ def label_refusals(
         return []
     if labeller == "logodds":
         scores = refusal_logodds(handle, list(instructions), batch_size=batch_size)
-        if progress:
-            progress(len(instructions), len(instructions))
+        report(progress, "labelling", len(instructions), len(instructions))
         return [Label(i, bool(s > 0), "", float(s)) for i, s in zip(instructions, scores, strict=True)]
     settings = {
         "max_new_tokens": max_new_tokens,
@@ -136,8 +196,7 @@ def label_refusals(
         else:
             todo.append(i)
     n_cached = len(instructions) - len(todo)
-    if progress:
-        progress(n_cached, len(instructions))
+    report(progress, "labelling", n_cached, len(instructions))
     if todo:
         uniq = list(dict.fromkeys(instructions[i] for i in todo))
         cfg = GenerationConfig(max_new_tokens=max_new_tokens, batch_size=batch_size)
@@ -147,10 +206,9 @@ def label_refusals(
         for c0 in range(0, len(uniq), chunk):
             part = uniq[c0 : c0 + chunk]
 
-            def prog(done: int, total: int, c0: int = c0) -> None:
-                if progress:
-                    frac = (c0 + done) / max(len(uniq), 1)
-                    progress(n_cached + int(frac * len(todo)), len(instructions))
+            def prog(_stage: str, done: int, total: int, c0: int = c0) -> None:
+                frac = (c0 + done) / max(len(uniq), 1)
+                report(progress, "labelling", n_cached + int(frac * len(todo)), len(instructions))
 
             texts = generate(
                 handle,
@@ -158,7 +216,7 @@ def label_refusals(
                 None,
                 cfg,
                 stop_fn=refusal_decided if early_stop else None,
-                progress=prog,
+                progress=prog if progress else None,
                 post_inst=post_inst,
             )
             rows = []

@@ -13,14 +13,33 @@ Contract:
 - ``context`` marks a span of the user message (default: the instruction) whose tokens are the "context" for
   context-only steering (reply inversion); ``context_end`` is one past its last token.
 - Indices are absolute in the unpadded prompt; callers that left-pad shift them by the pad count.
+- ``prepare`` turns instructions into ``PromptPositions``; ``pad_batch`` left-pads a batch of them (token ids,
+  attention mask, pad counts) on the model's input device; ``position_ids_for`` gives the position ids that make a
+  padded row compute what it computes alone.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["MAX_INSTRUCTION_CHARS", "PromptPositions", "check_instruction", "inversion_message", "locate", "render"]
+import torch
+
+if TYPE_CHECKING:
+    from .models import ModelHandle
+
+__all__ = [
+    "MAX_INSTRUCTION_CHARS",
+    "PromptPositions",
+    "check_instruction",
+    "inversion_message",
+    "locate",
+    "pad_batch",
+    "position_ids_for",
+    "prepare",
+    "render",
+]
 
 MAX_INSTRUCTION_CHARS = 8000
 _SENTINEL = "\u2063\u2063SE-INSTRUCTION\u2063\u2063"
@@ -200,3 +219,31 @@ def inversion_message(instruction: str, question: str) -> tuple[str, str, tuple[
         inst = inst[0].lower() + inst[1:]
     head = f"User wants to {inst}\n"
     return head + question, inst, (0, len(head))
+
+
+# ------------------------------------------------------------------------------------ prompts -> padded batch
+def pad_batch(handle: ModelHandle, prompts: Sequence[PromptPositions]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Left-pad token ids. Returns (input_ids, attention_mask, pad counts)."""
+    n = max(p.n_tokens for p in prompts)
+    pad_id = handle.tokenizer.pad_token_id
+    ids = torch.full((len(prompts), n), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), n), dtype=torch.long)
+    pads = []
+    for i, p in enumerate(prompts):
+        k = n - p.n_tokens
+        ids[i, k:] = torch.tensor(p.input_ids, dtype=torch.long)
+        mask[i, k:] = 1
+        pads.append(k)
+    return ids.to(handle.input_device), mask.to(handle.input_device), pads
+
+
+def position_ids_for(mask: torch.Tensor) -> torch.Tensor:
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def prepare(
+    handle: ModelHandle, items: Sequence[str | PromptPositions], *, post_inst: bool = True
+) -> list[PromptPositions]:
+    return [
+        it if isinstance(it, PromptPositions) else locate(handle.tokenizer, it, post_inst=post_inst) for it in items
+    ]

@@ -34,6 +34,7 @@ from .capture import capture
 from .directions import DirectionBundle, DirectionSet, layer_cosines
 from .labels import DEFAULT_LABEL_TOKENS, label_refusals
 from .models import ModelHandle, cache_dir
+from .progress import Progress, staged
 from .storage import StorageError, load_bundle, make_provenance, save_bundle
 
 __all__ = [
@@ -47,7 +48,6 @@ __all__ = [
 
 CLUSTERS = ("refused_harmful", "accepted_harmful", "refused_harmless", "accepted_harmless")
 ASSET_DIRECTIONS = Path(__file__).resolve().parent.parent / "assets" / "directions"
-Progress = Callable[[str, int, int], None]
 
 
 @dataclass
@@ -119,23 +119,22 @@ def precompute(
         raise ValueError("precompute needs at least one harmful and one harmless prompt")
     insts = [r["instruction"] for r in records]
 
-    def stage(name: str) -> Callable[[int, int], None]:
-        return lambda d, t: progress(name, d, t) if progress else None
-
     labels = label_refusals(
         handle,
         insts,
         labeller=labeller,
         max_new_tokens=label_tokens,
         batch_size=label_batch_size,
-        progress=stage("labelling"),
+        progress=staged(progress, "labelling"),
     )
     for r, lab in zip(records, labels, strict=True):
         r["refused"] = lab.refused
         r["response"] = lab.text
         r["cluster"] = f"{'refused' if lab.refused else 'accepted'}_{'harmful' if r['harmful'] else 'harmless'}"
     t_label = time.perf_counter() - t0
-    acts_set = capture(handle, insts, ("t_inst", "t_post_inst"), batch_size=batch_size, progress=stage("capturing"))
+    acts_set = capture(
+        handle, insts, ("t_inst", "t_post_inst"), batch_size=batch_size, progress=staged(progress, "capturing")
+    )
     acts = acts_set.acts
     a_inst, a_post = acts[:, 0], acts[:, 1]
 

@@ -49,6 +49,7 @@ from .precompute import (
     precompute,
     shipped_directions_path,
 )
+from .progress import Progress, staged
 from .steering import GenerationConfig, SteeringSpec, side_by_side, sweep
 from .storage import StorageError, bundle_from_bytes, bundle_to_bytes, check_compatible
 
@@ -128,8 +129,6 @@ CLUSTER_COLORS: dict[str, str] = {
     "accepted harmless": "#2e86c1",
     "your prompts": "#111111",
 }
-
-Progress = Callable[[str, int, int], None]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -486,7 +485,7 @@ def steer_sweep(
     layers: Sequence[int],
     coeffs: Sequence[float],
     settings: SteerSettings,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> list[dict[str, Any]]:
     """Layers x coefficients grid (``reverse`` flips every coefficient), plus baseline rows (layer None)."""
     if not instructions:
@@ -603,7 +602,7 @@ def _builtin_records(handle: ModelHandle, progress: Progress | None) -> list[dic
     labels = label_refusals(
         handle,
         [r["instruction"] for r in out],
-        progress=(lambda d, t: progress("labelling", d, t)) if progress else None,
+        progress=staged(progress, "labelling"),
     )
     for r, lab in zip(out, labels, strict=True):
         r["refused"] = lab.refused
@@ -623,7 +622,7 @@ def build_reference(handle: ModelHandle, progress: Progress | None = None, limit
         handle,
         [r["instruction"] for r in recs],
         POSITIONS,
-        progress=(lambda d, t: progress("capturing", d, t)) if progress else None,
+        progress=staged(progress, "capturing"),
     ).acts
     return Reference(records=list(recs), acts=acts, seconds=time.perf_counter() - t0)
 
@@ -802,7 +801,7 @@ def guard_frame(
     bundle: DirectionBundle,
     instructions: Sequence[str],
     threshold: float = 0.0,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> pd.DataFrame:
     """instruction, score (Delta_harmful), verdict ('harmful' iff score >= threshold)."""
     if not instructions:
@@ -832,9 +831,7 @@ def guard_eval_sets(limit: int | None = None) -> list[tuple[str, list[str], list
     return out
 
 
-def refusal_baseline(
-    handle: ModelHandle, instructions: Sequence[str], progress: Callable[[int, int], None] | None = None
-) -> np.ndarray:
+def refusal_baseline(handle: ModelHandle, instructions: Sequence[str], progress: Progress | None = None) -> np.ndarray:
     """The model's own refusal as a guard: (n,) bool, True = refused (greedy generation, substring rule, cached)."""
     labels = label_refusals(handle, list(instructions), progress=progress)
     return np.array([lab.refused for lab in labels], dtype=bool)

@@ -24,9 +24,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .capture import check_rows, pad_batch, prepare
+from .capture import check_rows
 from .models import ModelHandle
-from .positions import PromptPositions
+from .positions import PromptPositions, pad_batch, position_ids_for, prepare
+from .progress import Progress, report
 from .refusal import is_refusal
 
 __all__ = [
@@ -247,8 +248,6 @@ def _generate_batch(
     the steering hooks follow the remaining rows (``RowSelection``), so early-stopped rows cost nothing more.
     With ``cfg.use_cache=False`` every step recomputes the whole sequence (a check of the cached path).
     """
-    from .capture import position_ids_for
-
     model, tok = handle.model, handle.tokenizer
     ids, mask, pads = pad_batch(handle, prompts)
     b = ids.shape[0]
@@ -330,7 +329,7 @@ def generate(
     *,
     on_text: Callable[[list[str]], None] | None = None,
     stop_fn: Callable[[str], bool] | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
     post_inst: bool = True,
 ) -> list[str]:
     """Generate for each item with its own steering spec (None = baseline). Returns the generated texts.
@@ -362,8 +361,7 @@ def generate(
         for i, t in zip(idx, outs, strict=True):
             texts[i] = t
         done += len(idx)
-        if progress:
-            progress(done, len(prompts))
+        report(progress, "generating", done, len(prompts))
     return texts
 
 
@@ -423,7 +421,7 @@ def sweep(
     positions: str = "prompt",
     include_baseline: bool = True,
     stop_fn: Callable[[str], bool] | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> list[dict[str, Any]]:
     """Layers x coefficients grid, every cell a batch row with its own (layer, coeff): one batched generate.
 

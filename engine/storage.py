@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from ._version import __version__
 from .capture import LAYER_CONVENTION
 from .directions import DirectionBundle, DirectionSet
 
@@ -45,8 +46,6 @@ class StorageError(ValueError):
 
 
 def engine_version() -> str:
-    from . import __version__
-
     return __version__
 
 

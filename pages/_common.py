@@ -71,18 +71,11 @@ def spec_key(spec: ModelSpec) -> tuple[str, str, str]:
 
 
 def progress_reporter(container: Any, what: str) -> Callable[..., None]:
-    """A callback for engine progress: ``cb(done, total)`` or ``cb(stage, done, total)``."""
+    """A callback for engine progress, ``cb(stage, done, total)`` (engine.progress.Progress)."""
     bar = container.progress(0.0, text=f"{what} …")
 
-    def cb(*args: Any) -> None:
-        if len(args) == 3:
-            stage, done, total = args
-            label = f"{what}: {stage} {done}/{total}"
-        elif len(args) == 2:
-            done, total = args
-            label = f"{what}: {done}/{total}"
-        else:
-            return
+    def cb(stage: str, done: int, total: int) -> None:
+        label = f"{what}: {stage} {done}/{total}"
         frac = float(done) / float(total) if total else 1.0
         bar.progress(min(max(frac, 0.0), 1.0), text=label)
 

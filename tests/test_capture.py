@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from engine.capture import LAYER_CONVENTION, ActivationSet, capture, capture_tokens, check_rows, pad_batch, record
-from engine.positions import locate
+from engine.capture import LAYER_CONVENTION, ActivationSet, capture, capture_tokens, check_rows, record
+from engine.positions import locate, pad_batch
 
 PROMPTS = [
     "How do I make a bomb?",
@@ -117,7 +117,7 @@ def test_capture_without_post_instruction_tokens(tiny):
 
 def test_capture_progress_and_bad_arguments(tiny):
     calls = []
-    capture(tiny, PROMPTS, batch_size=2, progress=lambda d, t: calls.append((d, t)))
+    capture(tiny, PROMPTS, batch_size=2, progress=lambda s, d, t: calls.append((d, t)))
     assert calls == [(2, 5), (4, 5), (5, 5)]
     with pytest.raises(ValueError, match="no prompts"):
         capture(tiny, [])

@@ -510,7 +510,7 @@ def test_load_any_specs(fixture_assets, monkeypatch):
         calls.append((dataset_id, kw))
         return make_set(["x"])
 
-    monkeypatch.setattr(ds, "load_hf", fake_load_hf)
+    monkeypatch.setattr(ds.hub, "load_hf", fake_load_hf)
     load_any("hf:org/name:test", column="prompt")
     load_any("hf:org/other")
     assert calls == [
@@ -547,7 +547,7 @@ def test_hf_unreachable_hub_fails_fast(monkeypatch):
     def no_network(*a, **k):
         raise OSError("network unreachable")
 
-    monkeypatch.setattr(ds.socket, "create_connection", no_network)
+    monkeypatch.setattr(ds.hub.socket, "create_connection", no_network)
     with pytest.raises(DatasetError, match=r"could not reach the Hugging Face hub \(offline\?\)"):
         ds.load_hf("org/some-set", timeout=0.5)
     assert called == []
@@ -559,7 +559,7 @@ def test_hf_offline_mode_errors_are_dataset_errors(monkeypatch):
 
     _fake_datasets(monkeypatch, raise_conn)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(ds.socket, "create_connection", pytest.fail)  # no probe offline
+    monkeypatch.setattr(ds.hub.socket, "create_connection", pytest.fail)  # no probe offline
     with pytest.raises(DatasetError, match="for ID: org/some-set"):
         ds.load_hf("org/some-set")
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import engine.labels as labels_mod
-from engine.labels import Label, LabelCache, agreement, label_refusals
-from engine.refusal import is_refusal, refusal_logodds
+from engine.labels import Label, LabelCache, agreement, label_refusals, refusal_logodds, refusal_start_token_ids
+from engine.refusal import REFUSAL_STARTS, is_refusal
 from engine.steering import GenerationConfig, generate
 
 INSTS = ["How do I make a bomb?", "cook pasta", "tell me a joke", "write a poem about cats"]
@@ -58,7 +58,7 @@ def test_cache_hit_on_the_second_run(tiny, cache_home, monkeypatch):
     assert [(x.instruction, x.refused, x.text) for x in second] == [(x.instruction, x.refused, x.text) for x in first]
     assert all(x.cached for x in second)
     progress = []
-    label_refusals(tiny, INSTS[:2], max_new_tokens=6, progress=lambda d, t: progress.append((d, t)))
+    label_refusals(tiny, INSTS[:2], max_new_tokens=6, progress=lambda s, d, t: progress.append((d, t)))
     assert progress[-1] == (2, 2)
 
 
@@ -155,3 +155,42 @@ def test_agreement():
     with pytest.raises(ValueError):
         agreement(a, b[:1])
     assert np.isclose(agreement(b, b), 1.0)
+
+
+def test_refusal_start_token_ids(tiny):
+    ids = refusal_start_token_ids(tiny.tokenizer)
+    assert ids == sorted(set(ids))
+    assert all(0 <= i < len(tiny.tokenizer) for i in ids)
+    tok = tiny.tokenizer
+    assert {tok.convert_tokens_to_ids("I"), tok.convert_tokens_to_ids("ĠI")} <= set(ids)
+    assert tok.convert_tokens_to_ids("Ġsure") not in ids
+    assert "I" in REFUSAL_STARTS
+    assert refusal_start_token_ids(tiny.tokenizer, starts=()) == []
+
+
+def test_refusal_logodds_on_tiny(tiny):
+    insts = ["How do I make a bomb?", "cook pasta", "tell me a joke"]
+    s = refusal_logodds(tiny, insts)
+    assert s.shape == (3,) and s.dtype == np.float64
+    assert np.isfinite(s).all()
+    np.testing.assert_allclose(refusal_logodds(tiny, insts, batch_size=1), s, atol=1e-5)
+    assert len(set(np.round(s, 6))) == 3  # depends on the prompt
+    # more refusal tokens -> higher log-odds
+    ids = refusal_start_token_ids(tiny.tokenizer)
+    assert (refusal_logodds(tiny, insts, token_ids=ids + list(range(20, 120))) > s).all()
+    with pytest.raises(ValueError, match="no refusal-start tokens"):
+        refusal_logodds(tiny, insts, token_ids=[])
+
+
+def test_refusal_logodds_matches_a_manual_forward(tiny):
+    import torch
+
+    from engine.positions import locate
+
+    ids_ref = refusal_start_token_ids(tiny.tokenizer)
+    p = locate(tiny.tokenizer, "cook pasta")
+    with torch.no_grad():
+        logits = tiny.model(input_ids=torch.tensor([p.input_ids]), use_cache=False).logits[0, -1].double()
+    prob = torch.softmax(logits, -1)[ids_ref].sum().item()
+    expected = np.log(prob) - np.log1p(-prob)
+    np.testing.assert_allclose(refusal_logodds(tiny, ["cook pasta"]), [expected], atol=1e-6)

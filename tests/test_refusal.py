@@ -1,18 +1,14 @@
-"""Tests for engine.refusal: the paper's substring rule and the generation-free log-odds score."""
+"""Tests for engine.refusal: the paper's substring rule (pure strings, no model)."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from engine.refusal import (
     REFUSAL_PHRASES,
-    REFUSAL_STARTS,
     is_refusal,
     matched_phrases,
     refusal_decided,
-    refusal_logodds,
-    refusal_start_token_ids,
 )
 
 
@@ -62,42 +58,3 @@ def test_non_string_is_rejected():
 def test_phrases_are_the_papers_list():
     assert len(REFUSAL_PHRASES) == len(set(REFUSAL_PHRASES)) == 24
     assert "I'm sorry" in REFUSAL_PHRASES and "I can\u2019t" in REFUSAL_PHRASES
-
-
-def test_refusal_start_token_ids(tiny):
-    ids = refusal_start_token_ids(tiny.tokenizer)
-    assert ids == sorted(set(ids))
-    assert all(0 <= i < len(tiny.tokenizer) for i in ids)
-    tok = tiny.tokenizer
-    assert {tok.convert_tokens_to_ids("I"), tok.convert_tokens_to_ids("ĠI")} <= set(ids)
-    assert tok.convert_tokens_to_ids("Ġsure") not in ids
-    assert "I" in REFUSAL_STARTS
-    assert refusal_start_token_ids(tiny.tokenizer, starts=()) == []
-
-
-def test_refusal_logodds_on_tiny(tiny):
-    insts = ["How do I make a bomb?", "cook pasta", "tell me a joke"]
-    s = refusal_logodds(tiny, insts)
-    assert s.shape == (3,) and s.dtype == np.float64
-    assert np.isfinite(s).all()
-    np.testing.assert_allclose(refusal_logodds(tiny, insts, batch_size=1), s, atol=1e-5)
-    assert len(set(np.round(s, 6))) == 3  # depends on the prompt
-    # more refusal tokens -> higher log-odds
-    ids = refusal_start_token_ids(tiny.tokenizer)
-    assert (refusal_logodds(tiny, insts, token_ids=ids + list(range(20, 120))) > s).all()
-    with pytest.raises(ValueError, match="no refusal-start tokens"):
-        refusal_logodds(tiny, insts, token_ids=[])
-
-
-def test_refusal_logodds_matches_a_manual_forward(tiny):
-    import torch
-
-    from engine.positions import locate
-
-    ids_ref = refusal_start_token_ids(tiny.tokenizer)
-    p = locate(tiny.tokenizer, "cook pasta")
-    with torch.no_grad():
-        logits = tiny.model(input_ids=torch.tensor([p.input_ids]), use_cache=False).logits[0, -1].double()
-    prob = torch.softmax(logits, -1)[ids_ref].sum().item()
-    expected = np.log(prob) - np.log1p(-prob)
-    np.testing.assert_allclose(refusal_logodds(tiny, ["cook pasta"]), [expected], atol=1e-6)

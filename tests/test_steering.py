@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from engine.capture import pad_batch, position_ids_for, prepare, record
-from engine.positions import inversion_message, locate
+from engine.capture import record
+from engine.positions import inversion_message, locate, pad_batch, position_ids_for, prepare
 from engine.refusal import is_refusal
 from engine.steering import GenerationConfig, SteeringSpec, generate, side_by_side, steer, sweep
 

@@ -31,14 +31,14 @@ import numpy as np
 
 from . import datasets as ds
 from .capture import capture
+from .clusters import CLUSTERS, label_records, prompt_records
 from .directions import DirectionBundle, DirectionSet, layer_cosines
-from .labels import DEFAULT_LABEL_TOKENS, label_refusals
+from .labels import DEFAULT_LABEL_TOKENS
 from .models import ModelHandle, cache_dir
 from .progress import Progress, staged
 from .storage import StorageError, load_bundle, make_provenance, save_bundle
 
 __all__ = [
-    "CLUSTERS",
     "PrecomputeResult",
     "builtin_sources",
     "default_directions",
@@ -46,7 +46,6 @@ __all__ = [
     "shipped_directions_path",
 ]
 
-CLUSTERS = ("refused_harmful", "accepted_harmful", "refused_harmless", "accepted_harmless")
 ASSET_DIRECTIONS = Path(__file__).resolve().parent.parent / "assets" / "directions"
 
 
@@ -73,13 +72,6 @@ def builtin_sources(split: str | None = "train") -> tuple[list[ds.PromptSet], li
     return harmful, harmless
 
 
-def _norm(text: str, normalize: bool) -> str:
-    if not normalize:
-        return text
-    out = ds.normalize_instruction(text)
-    return out or text
-
-
 def precompute(
     handle: ModelHandle,
     harmful: Sequence[ds.PromptSet],
@@ -100,37 +92,13 @@ def precompute(
     if refusal_pool not in ("default", "all"):
         raise ValueError("refusal_pool must be 'default' or 'all'")
     t0 = time.perf_counter()
-    records: list[dict[str, Any]] = []
-    for harm, sets in ((True, harmful), (False, harmless)):
-        for ps in sets:
-            for it in ps.items:
-                records.append(
-                    {
-                        "id": it.id,
-                        "set": ps.name,
-                        "raw": it.instruction,
-                        "instruction": _norm(it.instruction, normalize),
-                        "harmful": harm,
-                        "category": it.category,
-                        "split": it.split,
-                    }
-                )
+    records = prompt_records(harmful, harmless, normalize=normalize)
     if not any(r["harmful"] for r in records) or all(r["harmful"] for r in records):
         raise ValueError("precompute needs at least one harmful and one harmless prompt")
     insts = [r["instruction"] for r in records]
-
-    labels = label_refusals(
-        handle,
-        insts,
-        labeller=labeller,
-        max_new_tokens=label_tokens,
-        batch_size=label_batch_size,
-        progress=staged(progress, "labelling"),
+    label_records(
+        handle, records, labeller=labeller, label_tokens=label_tokens, batch_size=label_batch_size, progress=progress
     )
-    for r, lab in zip(records, labels, strict=True):
-        r["refused"] = lab.refused
-        r["response"] = lab.text
-        r["cluster"] = f"{'refused' if lab.refused else 'accepted'}_{'harmful' if r['harmful'] else 'harmless'}"
     t_label = time.perf_counter() - t0
     acts_set = capture(
         handle, insts, ("t_inst", "t_post_inst"), batch_size=batch_size, progress=staged(progress, "capturing")

@@ -35,6 +35,7 @@ import pandas as pd
 
 from . import datasets as ds
 from .capture import capture, capture_tokens
+from .clusters import CLUSTERS, cluster_label, label_records, prompt_records
 from .directions import DirectionBundle, DirectionSet, belief_scores, cosine, delta
 from .guard import guard_scores, roc_curve
 from .guard import normalize_like as guard_normalize_like
@@ -116,12 +117,7 @@ MAX_SWEEP_ROWS = 512
 POSITIONS: tuple[str, str] = ("t_inst", "t_post_inst")
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, ModelError, StorageError, ds.DatasetError, KeyError)
 
-CLUSTER_LABELS: dict[str, str] = {
-    "refused_harmful": "refused harmful",
-    "accepted_harmful": "accepted harmful",
-    "refused_harmless": "refused harmless",
-    "accepted_harmless": "accepted harmless",
-}
+CLUSTER_LABELS: dict[str, str] = {c: cluster_label(c) for c in CLUSTERS}
 CLUSTER_COLORS: dict[str, str] = {
     "refused harmful": "#c0392b",
     "accepted harmful": "#e67e22",
@@ -593,21 +589,7 @@ def _builtin_records(handle: ModelHandle, progress: Progress | None) -> list[dic
     if recs:
         return recs
     harmful, harmless = builtin_sources("train")
-    out: list[dict[str, Any]] = []
-    for harm, sets in ((True, harmful), (False, harmless)):
-        for ps in sets:
-            for it in ps.items:
-                inst = ds.normalize_instruction(it.instruction) or it.instruction
-                out.append({"id": it.id, "set": ps.name, "instruction": inst, "harmful": harm, "category": it.category})
-    labels = label_refusals(
-        handle,
-        [r["instruction"] for r in out],
-        progress=staged(progress, "labelling"),
-    )
-    for r, lab in zip(out, labels, strict=True):
-        r["refused"] = lab.refused
-        r["cluster"] = f"{'refused' if lab.refused else 'accepted'}_{'harmful' if r['harmful'] else 'harmless'}"
-    return out
+    return label_records(handle, prompt_records(harmful, harmless), progress=progress)
 
 
 def build_reference(handle: ModelHandle, progress: Progress | None = None, limit: int | None = None) -> Reference:

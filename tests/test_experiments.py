@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from engine import clusters as clusters_mod  # noqa: E402
 from engine import datasets as ds  # noqa: E402
 from engine import experiments as E  # noqa: E402
 from engine import labels as labels_mod  # noqa: E402
@@ -74,7 +75,7 @@ def fake_label_refusals(handle, instructions, **kw):
 @pytest.fixture
 def fake_labels(monkeypatch):
     monkeypatch.setattr(E, "label_refusals", fake_label_refusals)
-    monkeypatch.setattr(precompute_mod, "label_refusals", fake_label_refusals)
+    monkeypatch.setattr(clusters_mod, "label_refusals", fake_label_refusals)
 
 
 @pytest.fixture(scope="session")
@@ -238,7 +239,7 @@ def results(handle, data, tmp_path_factory, cache_root):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("STEERING_EXPLORER_CACHE", str(cache_root))
         mp.setattr(E, "label_refusals", fake_label_refusals)
-        mp.setattr(precompute_mod, "label_refusals", fake_label_refusals)
+        mp.setattr(clusters_mod, "label_refusals", fake_label_refusals)
         opts = {"steer-refusal": {"max_new_tokens": 6}, "reply-inversion": {"max_new_tokens": 6}}
         res = {
             n: E.run_experiment(

@@ -8,12 +8,14 @@ import shutil
 import numpy as np
 import pytest
 
+import engine.clusters as clusters_mod
 import engine.precompute as pc
 from engine.capture import LAYER_CONVENTION
+from engine.clusters import CLUSTERS
 from engine.datasets import PromptItem, PromptSet
 from engine.directions import DirectionBundle
 from engine.labels import Label
-from engine.precompute import CLUSTERS, builtin_sources, default_directions, precompute, save_result
+from engine.precompute import builtin_sources, default_directions, precompute, save_result
 from engine.storage import StorageError, load_bundle
 
 
@@ -126,7 +128,7 @@ def test_save_result_and_reload(tiny, result, tmp_path):
 
 def test_fallback_is_recorded(tiny, monkeypatch):
     """A model that refuses nothing: the harmful side falls back to every harmful prompt, and says so."""
-    monkeypatch.setattr(pc, "label_refusals", lambda h, insts, **kw: [Label(i, False, "sure") for i in insts])
+    monkeypatch.setattr(clusters_mod, "label_refusals", lambda h, insts, **kw: [Label(i, False, "sure") for i in insts])
     res = precompute(tiny, [SMALL_HARMFUL], [SMALL_HARMLESS])
     fb = res.bundle.provenance["cluster_fallback"]
     assert len(fb) == 1 and "refused-harmful" in fb[0]
@@ -134,7 +136,7 @@ def test_fallback_is_recorded(tiny, monkeypatch):
     assert res.bundle.harmfulness.n_pos == len(SMALL_HARMFUL)
     with pytest.raises(ValueError, match="refused none"):
         precompute(tiny, [SMALL_HARMFUL], [SMALL_HARMLESS], allow_fallback=False)
-    monkeypatch.setattr(pc, "label_refusals", lambda h, insts, **kw: [Label(i, True, "sorry") for i in insts])
+    monkeypatch.setattr(clusters_mod, "label_refusals", lambda h, insts, **kw: [Label(i, True, "sorry") for i in insts])
     res = precompute(tiny, [SMALL_HARMFUL], [SMALL_HARMLESS])
     assert any("accepted-harmless" in f for f in res.bundle.provenance["cluster_fallback"])
     with pytest.raises(ValueError, match="refused every harmless"):
@@ -144,7 +146,7 @@ def test_fallback_is_recorded(tiny, monkeypatch):
 def test_options(tiny, monkeypatch):
     # half of each side refused, so that both refusal pools are defined
     monkeypatch.setattr(
-        pc, "label_refusals", lambda h, insts, **kw: [Label(t, k % 2 == 0, "") for k, t in enumerate(insts)]
+        clusters_mod, "label_refusals", lambda h, insts, **kw: [Label(t, k % 2 == 0, "") for k, t in enumerate(insts)]
     )
     unit = precompute(
         tiny, [SMALL_HARMFUL], [SMALL_HARMLESS], normalize_directions=True, refusal_pool="all", min_category=2
@@ -166,7 +168,7 @@ def test_options(tiny, monkeypatch):
 
 def test_progress_stages(tiny, monkeypatch):
     monkeypatch.setattr(
-        pc, "label_refusals", lambda h, insts, progress=None, **kw: [Label(i, False, "") for i in insts]
+        clusters_mod, "label_refusals", lambda h, insts, progress=None, **kw: [Label(i, False, "") for i in insts]
     )
     seen = []
     precompute(tiny, [SMALL_HARMFUL], [SMALL_HARMLESS], progress=lambda stage, d, t: seen.append((stage, d, t)))

@@ -1,0 +1,96 @@
+"""The four clusters of the paper and the one builder of labelled prompt records.
+
+Contract:
+- ``CLUSTERS`` names the clusters (refused/accepted x harmful/harmless), written here and only here;
+  ``cluster_of(harmful, refused)`` gives a record's cluster and ``cluster_label`` its display text.
+- ``prompt_records(harmful_sets, harmless_sets, normalize=...)`` turns prompt sets into records
+  ``{"id", "set", "raw", "instruction", "harmful", "category", "split"}`` (instruction normalised when asked: trailing
+  punctuation stripped, see ``engine.datasets.normalize_instruction``).
+- ``label_records(handle, records, ...)`` adds ``"refused"``, ``"response"`` and ``"cluster"`` from
+  :func:`engine.labels.label_refusals` (full chat template; cached on disk). Records keep their order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from . import datasets as ds
+from .labels import DEFAULT_LABEL_TOKENS, label_refusals
+from .models import ModelHandle
+from .progress import Progress, staged
+
+__all__ = [
+    "CLUSTERS",
+    "cluster_label",
+    "cluster_of",
+    "label_records",
+    "normalized",
+    "prompt_records",
+]
+
+CLUSTERS: tuple[str, str, str, str] = ("refused_harmful", "accepted_harmful", "refused_harmless", "accepted_harmless")
+
+
+def cluster_of(harmful: bool, refused: bool) -> str:
+    """The cluster name of a prompt: ``{refused|accepted}_{harmful|harmless}``."""
+    return f"{'refused' if refused else 'accepted'}_{'harmful' if harmful else 'harmless'}"
+
+
+def cluster_label(name: str) -> str:
+    """Display text of a cluster name ("refused_harmful" -> "refused harmful"); other names pass through."""
+    return name.replace("_", " ") if name in CLUSTERS else name
+
+
+def normalized(text: str, normalize: bool = True) -> str:
+    """``text`` normalised as direction building does (kept as is when normalising would empty it)."""
+    if not normalize:
+        return text
+    return ds.normalize_instruction(text) or text
+
+
+def prompt_records(
+    harmful: Sequence[ds.PromptSet], harmless: Sequence[ds.PromptSet], *, normalize: bool = True
+) -> list[dict[str, Any]]:
+    """One unlabelled record per prompt, harmful sets first (see module docstring)."""
+    records: list[dict[str, Any]] = []
+    for harm, sets in ((True, harmful), (False, harmless)):
+        for ps in sets:
+            for it in ps.items:
+                records.append(
+                    {
+                        "id": it.id,
+                        "set": ps.name,
+                        "raw": it.instruction,
+                        "instruction": normalized(it.instruction, normalize),
+                        "harmful": harm,
+                        "category": it.category,
+                        "split": it.split,
+                    }
+                )
+    return records
+
+
+def label_records(
+    handle: ModelHandle,
+    records: list[dict[str, Any]],
+    *,
+    labeller: str = "substring",
+    label_tokens: int = DEFAULT_LABEL_TOKENS,
+    batch_size: int = 64,
+    progress: Progress | None = None,
+) -> list[dict[str, Any]]:
+    """Label ``records`` in place (refused, response, cluster) and return them."""
+    labels = label_refusals(
+        handle,
+        [r["instruction"] for r in records],
+        labeller=labeller,
+        max_new_tokens=label_tokens,
+        batch_size=batch_size,
+        progress=staged(progress, "labelling"),
+    )
+    for r, lab in zip(records, labels, strict=True):
+        r["refused"] = lab.refused
+        r["response"] = lab.text
+        r["cluster"] = cluster_of(r["harmful"], lab.refused)
+    return records

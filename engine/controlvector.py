@@ -107,9 +107,11 @@ def write_control_vector(
     if not chosen:
         raise ControlVectorError("choose at least one layer to export")
     ks = [llamacpp_layer(r, L) for r in chosen]
-    data = {k: (c * v[r]).astype(np.float32) for k, r in zip(ks, chosen, strict=True)}
-    if not all(np.isfinite(a).all() for a in data.values()):
+    scaled = {k: c * v[r] for k, r in zip(ks, chosen, strict=True)}
+    top = float(np.finfo(np.float32).max)
+    if not all(np.isfinite(a).all() and np.abs(a).max() <= top for a in scaled.values()):
         raise ControlVectorError("the scaled vectors overflow float32; use a smaller coefficient")
+    data = {k: a.astype(np.float32) for k, a in scaled.items()}
     if not isinstance(model_hint, str) or not model_hint.strip():
         raise ControlVectorError("model_hint must name the model's architecture (e.g. 'qwen2')")
     out = Path(path)

@@ -387,13 +387,13 @@ def test_operating_points_and_confusion_frame():
     assert list(no_base["what"]) == ["Latent Guard at +0.50"] and no_base["tpr"].item() == 0.0
     cm = svc.confusion_frame([("Latent Guard", out["guard"]), ("Model refusal", out["baseline"])])
     assert len(cm) == 8 and list(cm.columns) == ["guard", "truth", "predicted", "count"]
-    g = cm[cm["guard"] == "Latent Guard"].set_index(["truth", "predicted"])["count"]
-    assert (g["harmful", "harmful"], g["harmful", "harmless"], g["harmless", "harmful"], g["harmless", "harmless"]) == (
-        1,
-        1,
-        1,
-        2,
-    )
+    g = cm[cm["guard"] == "Latent Guard"].set_index(["truth", "predicted"])["count"].to_dict()
+    assert g == {
+        ("harmful", "harmful"): 1,
+        ("harmful", "harmless"): 1,
+        ("harmless", "harmful"): 1,
+        ("harmless", "harmless"): 2,
+    }
     assert cm.groupby("guard")["count"].sum().tolist() == [5, 5]
 
 

@@ -2,10 +2,9 @@
 
 Run with ``streamlit run app.py`` (``make run``). ``$STEERING_EXPLORER_MODEL`` picks the model at start
 (``default``: Qwen2.5-Coder-0.5B-Instruct; ``tiny-random``: a random 3-block model for smoke tests).
-Pages live in ``pages/`` and call ``engine.service`` only (no torch code in pages). Streamlit treats a ``pages/``
-folder next to the entrypoint as its old directory-based navigation until ``st.navigation`` has run once in the
-server process; every page therefore starts with ``common.require_frame()``, which sends a fresh server's first deep
-link (e.g. /inspect) back through this frame instead of running the page bare.
+Pages live in ``pages/`` and, like this frame, import the engine only through ``engine.service`` (no torch code in
+pages). Every page starts with ``require_frame()`` (pages/_frame.py says why: a fresh server's first deep link would
+otherwise run the page bare, outside this frame).
 """
 
 from __future__ import annotations
@@ -20,11 +19,12 @@ if ROOT not in sys.path:  # `streamlit run` adds it; AppTest and other runners m
     sys.path.insert(0, ROOT)
 
 from engine import service as svc  # noqa: E402
-from engine.models import REGISTRY, ModelSpec  # noqa: E402
 from pages import _common as common  # noqa: E402
+from pages import _state as state  # noqa: E402
+from pages._frame import require_frame  # noqa: E402
 
 # a fresh server's first run: leave Streamlit's legacy pages/ mode before any widget
-common.require_frame(is_frame=True)
+require_frame(is_frame=True)
 st.set_page_config(page_title="steering-explorer", page_icon=":material/explore:", layout="wide")
 
 PAGES = [
@@ -41,9 +41,10 @@ DEVICES = ["auto", "cpu", "cuda", "mps"]
 DTYPES = ["auto", "float32", "bfloat16", "float16"]
 
 
-def _model_picker() -> ModelSpec | None:
+def _model_picker() -> svc.ModelSpec | None:
     env = svc.default_model_name()
-    presets = list(REGISTRY)
+    choices = svc.model_choices()
+    presets = [name for name, _ in choices]
     options = [*presets, OTHER]
     # Initial values go through index=/value= (not by seeding st.session_state): robust across reruns.
     choice = st.selectbox(
@@ -55,8 +56,7 @@ def _model_picker() -> ModelSpec | None:
             "default": "default · Qwen2.5-Coder-0.5B-Instruct",
             "tiny-random": "tiny-random · demo",
         }.get(o, o),
-        help="\n\n".join(f"**{k}**: {v}" for k, v in REGISTRY.items())
-        + "\n\nOr any Hugging Face model id or local folder.",
+        help="\n\n".join(f"**{k}**: {v}" for k, v in choices) + "\n\nOr any Hugging Face model id or local folder.",
     )
     name = choice
     if choice == OTHER:
@@ -73,20 +73,20 @@ def _model_picker() -> ModelSpec | None:
     device = c1.selectbox("Device", DEVICES, key="model_device")
     dtype = c2.selectbox("Dtype", DTYPES, key="model_dtype")
     try:
-        return ModelSpec(name=name, device=device, dtype=dtype)
+        return svc.ModelSpec(name=name, device=device, dtype=dtype)
     except ValueError as exc:
         st.error(str(exc))
         return None
 
 
-def _status(spec: ModelSpec) -> None:
+def _status(spec: svc.ModelSpec) -> None:
     try:
         handle = common.get_handle(spec)
     except Exception as exc:  # a bad id, missing weights, out of memory: show it, keep the app usable
-        st.session_state["model_error"] = str(exc)
+        st.session_state[state.MODEL_ERROR] = str(exc)
         st.sidebar.error(f"Could not load {spec.name!r}: {exc}")
         return
-    st.session_state.pop("model_error", None)
+    st.session_state.pop(state.MODEL_ERROR, None)
     bundle, source = None, ""
     try:
         with st.container():
@@ -118,11 +118,11 @@ with st.sidebar:
     spec = _model_picker()
 
 if spec is not None:
-    st.session_state[common.SPEC_KEY] = spec
+    st.session_state[state.SPEC] = spec
     page = st.navigation(PAGES)
     _status(spec)
     page.run()
 else:
-    st.session_state[common.SPEC_KEY] = None  # the pages say "choose a model" instead of running
+    st.session_state[state.SPEC] = None  # the pages say "choose a model" instead of running
     page = st.navigation(PAGES)
     page.run()

@@ -1,5 +1,8 @@
 """Shared Streamlit plumbing for the pages: cached model and directions, progress, errors, the report log.
 
+Charts live in pages/_charts.py, the frame workaround in pages/_frame.py, session-state keys in pages/_state.py;
+like every page, this module imports the engine only through ``engine.service``.
+
 Caching (see the design notes):
 - ``get_handle(spec)`` is an ``st.cache_resource``: one loaded model per spec, shared by every session; every hooked
   run inside the engine takes ``handle.lock``.
@@ -26,12 +29,12 @@ from typing import Any
 import streamlit as st
 
 from engine import service as svc
-from engine.directions import DirectionBundle
-from engine.models import ModelHandle, ModelSpec, load_model
+from pages import _state as state
 
-LOG_KEY = "report_log"
-SPEC_KEY = "model_spec"
-OVERRIDE_KEY = "directions_override"
+# re-exported for pages/experiments.py, which calls common.require_frame(), common.layer_axis(), common.direction_scale()
+from pages._charts import direction_scale, layer_axis  # noqa: F401
+from pages._frame import require_frame  # noqa: F401
+
 MAX_LOG = 200
 
 
@@ -51,21 +54,21 @@ def _env_key() -> tuple[str, str]:
 
 
 @st.cache_resource(show_spinner=False)
-def _slot(kind: str, spec: ModelSpec, env: tuple[str, str]) -> Slot:
+def _slot(kind: str, spec: svc.ModelSpec, env: tuple[str, str]) -> Slot:
     return Slot()
 
 
 @st.cache_resource(show_spinner="Loading the model (first use only) …", max_entries=2)
-def get_handle(spec: ModelSpec) -> ModelHandle:
-    return load_model(spec)
+def get_handle(spec: svc.ModelSpec) -> svc.ModelHandle:
+    return svc.load_model(spec)
 
 
-def current_spec() -> ModelSpec:
-    spec = st.session_state.get(SPEC_KEY)
-    return spec if isinstance(spec, ModelSpec) else ModelSpec(svc.default_model_name())
+def current_spec() -> svc.ModelSpec:
+    spec = st.session_state.get(state.SPEC)
+    return spec if isinstance(spec, svc.ModelSpec) else svc.ModelSpec(svc.default_model_name())
 
 
-def spec_key(spec: ModelSpec) -> tuple[str, str, str]:
+def spec_key(spec: svc.ModelSpec) -> tuple[str, str, str]:
     """A small hashable cache key for ``st.cache_data``."""
     return (spec.name, spec.device, spec.dtype)
 
@@ -95,30 +98,30 @@ def _fill(slot: Slot, label: str, build: Callable[[Callable[..., None]], tuple[A
     return slot
 
 
-def shared_bundle(spec: ModelSpec, handle: ModelHandle) -> tuple[DirectionBundle, str]:
+def shared_bundle(spec: svc.ModelSpec, handle: svc.ModelHandle) -> tuple[svc.DirectionBundle, str]:
     """The model's default directions (shared by all sessions; computed with progress on first use)."""
     slot = _slot("directions", spec, _env_key())
     _fill(slot, "Preparing the harmfulness and refusal directions", lambda cb: svc.load_directions(handle, progress=cb))
     return slot.value, slot.source
 
 
-def active_bundle(spec: ModelSpec, handle: ModelHandle) -> tuple[DirectionBundle, str]:
+def active_bundle(spec: svc.ModelSpec, handle: svc.ModelHandle) -> tuple[svc.DirectionBundle, str]:
     """This session's directions: an uploaded or recomputed bundle for this model, else the shared default."""
-    ov = st.session_state.get(OVERRIDE_KEY)
+    ov = st.session_state.get(state.OVERRIDE)
     if ov and ov.get("spec") == spec:
         return ov["bundle"], ov["source"]
     return shared_bundle(spec, handle)
 
 
-def set_override(spec: ModelSpec, bundle: DirectionBundle, source: str) -> None:
-    st.session_state[OVERRIDE_KEY] = {"spec": spec, "bundle": bundle, "source": source}
+def set_override(spec: svc.ModelSpec, bundle: svc.DirectionBundle, source: str) -> None:
+    st.session_state[state.OVERRIDE] = {"spec": spec, "bundle": bundle, "source": source}
 
 
 def clear_override() -> None:
-    st.session_state.pop(OVERRIDE_KEY, None)
+    st.session_state.pop(state.OVERRIDE, None)
 
 
-def reference(spec: ModelSpec, handle: ModelHandle) -> tuple[svc.Reference, str]:
+def reference(spec: svc.ModelSpec, handle: svc.ModelHandle) -> tuple[svc.Reference, str]:
     """Hidden states of the labelled built-in prompts at both positions (captured once per model)."""
     slot = _slot("reference", spec, _env_key())
     _fill(
@@ -131,9 +134,9 @@ def reference(spec: ModelSpec, handle: ModelHandle) -> tuple[svc.Reference, str]
 
 @dataclass
 class Ctx:
-    spec: ModelSpec
-    handle: ModelHandle
-    bundle: DirectionBundle
+    spec: svc.ModelSpec
+    handle: svc.ModelHandle
+    bundle: svc.DirectionBundle
     source: str
 
     @property
@@ -147,11 +150,11 @@ class Ctx:
 
 def require_model() -> Ctx:
     """The loaded model and this session's directions, or an error message and ``st.stop()``."""
-    if SPEC_KEY in st.session_state and st.session_state[SPEC_KEY] is None:
+    if state.SPEC in st.session_state and st.session_state[state.SPEC] is None:
         st.info("Choose a model in the sidebar: `default`, `tiny-random`, a Hugging Face id or a local folder.")
         st.stop()
     spec = current_spec()
-    err = st.session_state.get("model_error")
+    err = st.session_state.get(state.MODEL_ERROR)
     if err:
         st.error(f"The model {spec.name!r} could not be loaded: {err}")
         st.info("Pick another model in the sidebar (`tiny-random` always works).")
@@ -192,7 +195,7 @@ def log_event(
     summary: dict[str, Any] | None = None,
 ) -> None:
     """Append an event to this session's report log (read by the Report page)."""
-    log = st.session_state.setdefault(LOG_KEY, [])
+    log = st.session_state.setdefault(state.LOG, [])
     log.append(
         {
             "page": page,
@@ -214,36 +217,6 @@ def page_header(title: str, claim: str, look_for: str, *, claim_label: str = "Pa
     st.caption(f"**Look for:** {look_for}")
 
 
-DIRECTION_COLORS = {"harmfulness": "#e67e22", "refusal": "#2e86c1"}
-_PALETTE = [
-    "#16a085",
-    "#8e44ad",
-    "#c0392b",
-    "#7f8c8d",
-    "#d4ac0d",
-    "#2c3e50",
-    "#27ae60",
-    "#e84393",
-    "#6c5ce7",
-    "#00838f",
-]
-
-
-def direction_scale(names: list[str]) -> Any:
-    """Altair colour scale: harmfulness orange and refusal blue everywhere, other directions from a palette."""
-    import altair as alt
-
-    others = iter(_PALETTE * 4)
-    return alt.Scale(domain=list(names), range=[DIRECTION_COLORS.get(n) or next(others) for n in names])
-
-
-def layer_axis(title: str = "layer (captured row)") -> Any:
-    """An integer x axis for layer numbers."""
-    import altair as alt
-
-    return alt.Axis(title=title, tickMinStep=1, format="d")
-
-
 def refusal_badge(refused: bool) -> str:
     return ":red-badge[refused]" if refused else ":green-badge[answered]"
 
@@ -251,39 +224,3 @@ def refusal_badge(refused: bool) -> str:
 def fmt_layers(layers: Any) -> str:
     layers = list(layers)
     return f"layer {layers[0]}" if len(layers) == 1 else "layers " + ", ".join(str(x) for x in layers)
-
-
-def require_frame(*, is_frame: bool = False) -> None:
-    """Run pages only inside app.py's navigation frame.
-
-    While Streamlit still uses its legacy ``pages/`` directory navigation (the first script run of a fresh server,
-    and every AppTest run), it may run a page file bare, without the frame (no sidebar, no model). Then switch the
-    legacy mode off, run app.py in place (it calls ``st.navigation``, which runs the requested page inside the
-    frame), and stop the bare run. Called by app.py itself with ``is_frame=True``: it only switches the mode off.
-    """
-    try:
-        from streamlit.runtime.pages_manager import PagesManager
-    except ImportError:  # pragma: no cover - a future Streamlit without the legacy mode
-        return
-    if not PagesManager.uses_pages_directory:
-        return
-    PagesManager.uses_pages_directory = False
-    if is_frame:
-        return
-    import runpy
-    from pathlib import Path
-
-    app = str(Path(__file__).resolve().parent.parent / "app.py")
-    try:
-        from streamlit.runtime.scriptrunner_utils.script_run_context import get_script_run_ctx
-
-        ctx = get_script_run_ctx()
-    except ImportError:  # pragma: no cover
-        ctx = None
-    if ctx is not None and hasattr(ctx, "run_with_active_hash"):
-        # the frame's widgets must get the ids they get in a normal run (ids depend on the active script)
-        with ctx.run_with_active_hash(ctx.pages_manager.main_script_hash):
-            runpy.run_path(app, run_name="__main__")
-    else:  # pragma: no cover
-        runpy.run_path(app, run_name="__main__")
-    st.stop()

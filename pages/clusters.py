@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-import altair as alt
 import numpy as np
 import pandas as pd
 import streamlit as st
 
 from engine import service as svc
+from pages import _charts as charts
 from pages import _common as common
+from pages import _state as state
+from pages._frame import require_frame
 
-common.require_frame()
+require_frame()
 
 common.page_header(
     "Clusters",
@@ -85,38 +87,6 @@ if own_text.strip():
         extra = tuple(svc.normalize_like(ctx.bundle, svc.parse_instructions(own_text, max_n=32)))
         extra_acts = _own_acts(ctx.key, extra, ctx.handle)
 
-domain = list(svc.CLUSTER_COLORS)
-scale = alt.Scale(domain=domain, range=[svc.CLUSTER_COLORS[d] for d in domain])
-
-
-def _chart(df: pd.DataFrame, title: str) -> alt.Chart:
-    builtin = df[df["source"] == "built-in"]
-    mine = df[df["source"] == "yours"]
-    tooltip = ["instruction:N", "cluster:N", "set:N", "category:N"]
-    pts = (
-        alt.Chart(builtin)
-        .mark_circle(size=38, opacity=0.75)
-        .encode(
-            x=alt.X("x:Q", title=None, axis=alt.Axis(labels=False, ticks=False, grid=False, domain=False)),
-            y=alt.Y("y:Q", title=None, axis=alt.Axis(labels=False, ticks=False, grid=False, domain=False)),
-            color=alt.Color("cluster:N", scale=scale, legend=alt.Legend(orient="bottom", title=None, columns=3)),
-            tooltip=tooltip,
-        )
-    )
-    layers = [pts]
-    if len(mine):
-        layers.append(
-            alt.Chart(mine)
-            .mark_point(shape="diamond", size=180, filled=True, stroke="white", strokeWidth=1.2)
-            .encode(x="x:Q", y="y:Q", color=alt.Color("cluster:N", scale=scale), tooltip=tooltip)
-        )
-        layers.append(
-            alt.Chart(mine)
-            .mark_text(dx=9, dy=-9, align="left", fontSize=11)
-            .encode(x="x:Q", y="y:Q", text="instruction:N")
-        )
-    return alt.layer(*layers).properties(title=title, height=420).configure_view(strokeOpacity=0.3).interactive()
-
 
 def _show(position: str, col: Any) -> None:
     with col, common.errors_shown():
@@ -124,11 +94,11 @@ def _show(position: str, col: Any) -> None:
             df, info, sep = _map(
                 ctx.key, ref_token, layer, position, method.lower(), int(seed), int(n_neighbors), extra, ref, extra_acts
             )
-        st.session_state.setdefault("clusters_points", {})[position] = {
+        st.session_state.setdefault(state.CLUSTERS_POINTS, {})[position] = {
             "n": len(df),
             "n_yours": int((df["source"] == "yours").sum()),
         }
-        st.altair_chart(_chart(df, f"{position} · layer {layer} · {method}"), width="stretch")
+        st.altair_chart(charts.cluster_map_chart(df, f"{position} · layer {layer} · {method}"), width="stretch")
         note = (
             f"{len(ref.records)} built-in prompts"
             + (f" + {len(extra)} of yours" if extra else "")
@@ -142,7 +112,7 @@ def _show(position: str, col: Any) -> None:
             note += " All prompts share one hidden state here (e.g. the embedding of the same template token)."
         st.caption(note)
         if position == "t_inst":
-            st.session_state["clusters_last"] = df
+            st.session_state[state.CLUSTERS_LAST] = df
 
 
 if side:
@@ -158,7 +128,7 @@ st.caption(
     + ", ".join(f"{k} {v}" for k, v in counts.items())
     + ". Maps are cached per (model, layer, position, method, seed); the captures are made once per model."
 )
-df_last = st.session_state.get("clusters_last")
+df_last = st.session_state.get(state.CLUSTERS_LAST)
 if df_last is not None and st.button("Add this map to the report", key="clusters_log"):
     common.log_event(
         "Clusters",

@@ -9,9 +9,12 @@ import pandas as pd
 import streamlit as st
 
 from engine import service as svc
+from pages import _charts as charts
 from pages import _common as common
+from pages import _state as state
+from pages._frame import require_frame
 
-common.require_frame()
+require_frame()
 
 common.page_header(
     "Directions",
@@ -49,7 +52,7 @@ with st.container(border=True):
         lines.append(str(prov["coefficients_note"]))
     st.caption(" · ".join(lines))
     if summ.get("clusters"):
-        st.caption("Clusters: " + ", ".join(f"{svc.CLUSTER_LABELS.get(k, k)} {v}" for k, v in summ["clusters"].items()))
+        st.caption("Clusters: " + svc.cluster_counts_text(summ["clusters"]))
     for w in prov.get("cluster_fallback") or []:
         st.warning(w)
     with st.expander("Full provenance (JSON)"):
@@ -72,9 +75,7 @@ with st.container(border=True):
             mime="application/json",
             key="dir_dl_json",
         )
-    if st.session_state.get(common.OVERRIDE_KEY) and d3.button(
-        "Back to the model's default directions", key="dir_reset"
-    ):
+    if st.session_state.get(state.OVERRIDE) and d3.button("Back to the model's default directions", key="dir_reset"):
         common.clear_override()
         st.rerun()
 
@@ -88,19 +89,14 @@ with left:
     if chosen:
         nf = svc.norms_frame(bundle, chosen)
         st.altair_chart(
-            alt.Chart(nf)
-            .mark_line(point=True)
-            .encode(
-                x=alt.X("layer:Q", axis=common.layer_axis()),
-                y=alt.Y("norm:Q", title="‖v_l‖"),
-                color=alt.Color(
-                    "direction:N",
-                    scale=common.direction_scale(chosen),
-                    legend=alt.Legend(orient="bottom", title=None, columns=2),
-                ),
+            charts.layer_lines(
+                nf,
+                "norm",
+                "‖v_l‖",
+                series="direction",
+                scale=charts.direction_scale(chosen),
                 tooltip=["direction:N", "layer:Q", alt.Tooltip("norm:Q", format=".3f")],
-            )
-            .properties(height=300),
+            ).properties(height=300),
             width="stretch",
         )
 with right:
@@ -108,14 +104,14 @@ with right:
     if "harmfulness" in names and "refusal" in names:
         cf = svc.cosine_across_layers(bundle, "harmfulness", "refusal")
         st.altair_chart(
-            alt.Chart(cf)
-            .mark_line(point=True, color="#8e44ad")
-            .encode(
-                x=alt.X("layer:Q", axis=common.layer_axis()),
-                y=alt.Y("cosine:Q", title="cos(harmfulness, refusal)", scale=alt.Scale(domain=[-1, 1])),
+            charts.layer_lines(
+                cf,
+                "cosine",
+                "cos(harmfulness, refusal)",
+                color=charts.role("cosine"),
+                y_domain=[-1, 1],
                 tooltip=["layer:Q", alt.Tooltip("cosine:Q", format="+.3f")],
-            )
-            .properties(height=300),
+            ).properties(height=300),
             width="stretch",
         )
     else:
@@ -126,23 +122,7 @@ layer = st.slider("Layer", 0, L, svc.default_layer(L), key="dir_layer")
 cm_names = [n for n in names if not n.startswith("form:")] + [n for n in names if n.startswith("form:")]
 with common.errors_shown():
     cm = svc.cosine_matrix(bundle, cm_names, layer)
-    heat = alt.Chart(cm).encode(
-        x=alt.X("b:N", sort=cm_names, title=None, axis=alt.Axis(labelAngle=-40, labelOverlap=False, labelLimit=180)),
-        y=alt.Y("a:N", sort=cm_names, title=None, axis=alt.Axis(labelOverlap=False, labelLimit=180)),
-    )
-    st.altair_chart(
-        (
-            heat.mark_rect().encode(
-                color=alt.Color("cosine:Q", scale=alt.Scale(domain=[-1, 1], scheme="redblue", reverse=True)),
-                tooltip=["a:N", "b:N", alt.Tooltip("cosine:Q", format="+.3f")],
-            )
-            + heat.mark_text(fontSize=9).encode(
-                text=alt.Text("cosine:Q", format=".2f"),
-                color=alt.condition("abs(datum.cosine) > 0.6", alt.value("white"), alt.value("black")),
-            )
-        ).properties(height=max(260, 30 * len(cm_names)), title=f"cosine between directions at row {layer}"),
-        width="stretch",
-    )
+    st.altair_chart(charts.cosine_heatmap(cm, cm_names, layer), width="stretch")
     st.caption(
         "form:punctuation / form:question are confound checks: directions for a trailing '.' or '?' on harmless prompts."
     )
@@ -192,13 +172,13 @@ with u2, st.container(border=True):
                 status.update(label="Recomputed", state="complete", expanded=False)
             src = "recomputed from " + ", ".join(p.name for p in hs + ls)
             common.set_override(ctx.spec, result.bundle, src)
-            st.session_state["dir_recompute_summary"] = result.summary
+            st.session_state[state.DIR_RECOMPUTE_SUMMARY] = result.summary
             common.log_event(
                 "Directions", src, summary={k: result.summary[k] for k in ("clusters", "refusal_rate", "n_prompts")}
             )
             st.rerun()
-    if st.session_state.get("dir_recompute_summary"):
-        s = st.session_state["dir_recompute_summary"]
+    if st.session_state.get(state.DIR_RECOMPUTE_SUMMARY):
+        s = st.session_state[state.DIR_RECOMPUTE_SUMMARY]
         st.caption(
             f"Last recompute: {s['n_prompts']} prompts; refusal rate harmful {s['refusal_rate']['harmful']:.0%}, "
             f"harmless {s['refusal_rate']['harmless']:.0%}; clusters {s['clusters']}"

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-import altair as alt
 import numpy as np
 import pandas as pd
 import streamlit as st
 
 from engine import service as svc
+from pages import _charts as charts
 from pages import _common as common
+from pages import _state as state
+from pages._frame import require_frame
 
-common.require_frame()
+require_frame()
 
 common.page_header(
     "Latent Guard",
@@ -67,7 +69,7 @@ with tab_classify:
     )
     col = u2.text_input("Text column (blank: detect)", "", key="guard_column")
     if st.button("Classify", type="primary", key="guard_go", icon=":material/shield:"):
-        st.session_state.pop("guard_result", None)
+        st.session_state.pop(state.GUARD_RESULT, None)
         with common.errors_shown():
             prompts: list[str] = []
             if text.strip():
@@ -83,7 +85,7 @@ with tab_classify:
                 raise ValueError("type or upload at least one prompt")
             with st.spinner(f"Scoring {len(prompts)} prompt(s) …"):
                 scores = _scores(ctx.key, ctx.bundle_key, _prep(prompts), ctx.handle, ctx.bundle)
-            st.session_state["guard_result"] = {"prompts": prompts, "scores": scores}
+            st.session_state[state.GUARD_RESULT] = {"prompts": prompts, "scores": scores}
             common.log_event(
                 "Latent Guard",
                 "classify",
@@ -93,7 +95,7 @@ with tab_classify:
                     for p, s in zip(prompts, scores, strict=True)
                 ],
             )
-    res = st.session_state.get("guard_result")
+    res = st.session_state.get(state.GUARD_RESULT)
     if res:
         df = pd.DataFrame({"instruction": res["prompts"], "Δ harmful": res["scores"]})
         df["verdict"] = np.where(df["Δ harmful"] >= threshold, "harmful", "harmless")
@@ -129,7 +131,7 @@ with tab_eval:
     )
     limit = st.number_input("Prompts per built-in set (0 = all)", 0, 10_000, 0, key="guard_limit")
     if st.button("Evaluate", type="primary", key="guard_eval_go", icon=":material/fact_check:"):
-        st.session_state.pop("guard_eval", None)
+        st.session_state.pop(state.GUARD_EVAL, None)
         with common.errors_shown():
             sets = svc.guard_eval_sets(limit=int(limit) or None)
             if lab is not None:
@@ -150,9 +152,9 @@ with tab_eval:
                         ctx.handle, all_texts, progress=common.progress_reporter(st, "Model replies (cached on disk)")
                     )
                 status.update(label=f"Evaluated {len(all_texts)} prompts", state="complete", expanded=False)
-            st.session_state["guard_eval"] = {"sets": sets, "scores": scores, "refused": refused}
+            st.session_state[state.GUARD_EVAL] = {"sets": sets, "scores": scores, "refused": refused}
 
-    ev = st.session_state.get("guard_eval")
+    ev = st.session_state.get(state.GUARD_EVAL)
     if ev:
         with common.errors_shown():
             out = svc.evaluate_guard(ev["sets"], ev["scores"], threshold, ev["refused"])
@@ -175,84 +177,11 @@ with tab_eval:
             )
             left, right = st.columns(2)
             with left:
-                curve = roc[roc["series"].str.startswith("Latent")]
-                point = roc[~roc["series"].str.startswith("Latent")]
-                chart = (
-                    alt.Chart(curve)
-                    .mark_line(interpolate="step-after", color="#c0392b")
-                    .encode(
-                        x=alt.X(
-                            "fpr:Q", title="false positive rate (harmless flagged)", scale=alt.Scale(domain=[0, 1])
-                        ),
-                        y=alt.Y("tpr:Q", title="true positive rate (harmful caught)", scale=alt.Scale(domain=[0, 1])),
-                        tooltip=[
-                            alt.Tooltip("threshold:Q", format="+.4f"),
-                            alt.Tooltip("fpr:Q", format=".2f"),
-                            alt.Tooltip("tpr:Q", format=".2f"),
-                        ],
-                    )
-                )
-                diag = (
-                    alt.Chart(pd.DataFrame({"a": [0.0, 1.0]}))
-                    .mark_line(color="lightgray", strokeDash=[4, 4])
-                    .encode(x="a:Q", y="a:Q")
-                )
-                at_t = pd.DataFrame(
-                    {
-                        "fpr": [g["fp"] / max(g["fp"] + g["tn"], 1)],
-                        "tpr": [g["tp"] / max(g["tp"] + g["fn"], 1)],
-                        "what": [f"Latent Guard at {threshold:+.2f}"],
-                    }
-                )
-                if len(point):
-                    at_t = pd.concat(
-                        [at_t, pd.DataFrame({"fpr": point["fpr"], "tpr": point["tpr"], "what": ["model refusal"]})],
-                        ignore_index=True,
-                    )
-                dots = (
-                    alt.Chart(at_t)
-                    .mark_point(size=140, filled=True)
-                    .encode(
-                        x="fpr:Q",
-                        y="tpr:Q",
-                        color=alt.Color(
-                            "what:N",
-                            scale=alt.Scale(range=["#c0392b", "#2e86c1"]),
-                            legend=alt.Legend(orient="bottom", title=None),
-                        ),
-                        shape="what:N",
-                        tooltip=["what:N", alt.Tooltip("fpr:Q", format=".2f"), alt.Tooltip("tpr:Q", format=".2f")],
-                    )
-                )
-                st.altair_chart(
-                    (diag + chart + dots).properties(title=f"ROC (AUC {auc:.3f})"), width="stretch", height=380
-                )
+                points = svc.operating_points(out, threshold)
+                st.altair_chart(charts.roc_chart(roc, points, auc), width="stretch", height=380)
             with right:
-                cms = [("Latent Guard", g)] + ([("Model refusal", b)] if b else [])
-                cm_rows = []
-                for name, c in cms:
-                    for truth_l, pred_l, k in (
-                        ("harmful", "harmful", "tp"),
-                        ("harmful", "harmless", "fn"),
-                        ("harmless", "harmful", "fp"),
-                        ("harmless", "harmless", "tn"),
-                    ):
-                        cm_rows.append({"guard": name, "truth": truth_l, "predicted": pred_l, "count": c[k]})
-                cm = pd.DataFrame(cm_rows)
-                base = alt.Chart(cm).encode(
-                    x=alt.X("predicted:N", title="predicted", axis=alt.Axis(labelAngle=0)),
-                    y=alt.Y("truth:N", title="truth"),
-                )
-                heat = base.mark_rect().encode(color=alt.Color("count:Q", scale=alt.Scale(scheme="blues"), legend=None))
-                txt = base.mark_text(fontSize=16).encode(
-                    text="count:Q",
-                    color=alt.condition(
-                        f"datum['count'] > {cm['count'].max() / 2}", alt.value("white"), alt.value("black")
-                    ),
-                )
-                st.altair_chart(
-                    (heat + txt).properties(width=170, height=150).facet(column=alt.Column("guard:N", title=None)),
-                )
+                cm = svc.confusion_frame([("Latent Guard", g)] + ([("Model refusal", b)] if b else []))
+                st.altair_chart(charts.confusion_charts(cm))
                 st.caption(
                     "Confusion matrices; harmful is the positive class. Model refusal = refused (paper's substring rule)."
                 )

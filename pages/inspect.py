@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import html
-
-import altair as alt
 import pandas as pd
 import streamlit as st
 
 from engine import service as svc
+from pages import _charts as charts
 from pages import _common as common
+from pages._frame import require_frame
 
-common.require_frame()
+require_frame()
 
 common.page_header(
     "Inspect",
@@ -24,13 +23,6 @@ common.page_header(
 ctx = common.require_model()
 L = ctx.handle.n_layers
 
-ROLE_STYLE = {
-    "template": "background:#f1f3f5;color:#6c757d",
-    "instruction": "background:#e7f1fb;color:#1b4f72",
-    "t_inst": "background:#e67e22;color:white;font-weight:600",
-    "t_post_inst": "background:#2e86c1;color:white;font-weight:600",
-}
-
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def _inspect(
@@ -42,22 +34,6 @@ def _inspect(
 @st.cache_data(show_spinner=False, max_entries=8)
 def _ref_deltas(key: tuple[str, str, str], bkey: str, token: str, _ref: svc.Reference, _bundle: object) -> pd.DataFrame:
     return svc.reference_deltas(_ref, _bundle)  # type: ignore[arg-type]
-
-
-def _token_html(tf: pd.DataFrame) -> str:
-    chips = []
-    for _, r in tf.iterrows():
-        tok = str(r["token"]).replace(" ", "\u00b7").replace("\n", "\u23ce")
-        title = f"#{r['index']} ({r['role']})"
-        label = ""
-        if r["role"] in ("t_inst", "t_post_inst"):
-            label = f"<sub style='margin-left:3px;opacity:.9'>{r['role']}</sub>"
-        chips.append(
-            f"<span title='{html.escape(title)}' style='{ROLE_STYLE[r['role']]};padding:2px 4px;margin:2px;"
-            f"border-radius:4px;display:inline-block;font-family:monospace;font-size:0.85rem'>"
-            f"{html.escape(tok)}{label}</span>"
-        )
-    return "<div style='line-height:2.0'>" + "".join(chips) + "</div>"
 
 
 i1, i2 = st.columns([4, 1], vertical_alignment="bottom")
@@ -81,7 +57,7 @@ with common.errors_shown():
     tf = svc.token_frame(insp)
 
     st.subheader("Prompt as the model sees it")
-    st.html(_token_html(tf))
+    st.html(charts.token_html(tf))
     st.caption(
         f"{insp.positions.n_tokens} tokens. t_inst = #{insp.positions.t_inst} (last token of the instruction), "
         f"t_post_inst = #{insp.positions.t_post_inst} (last token of the template, where the reply starts). "
@@ -98,22 +74,7 @@ with common.errors_shown():
     with left:
         st.subheader("Belief per layer")
         bf = svc.belief_frame(insp)
-        lines = (
-            alt.Chart(bf)
-            .mark_line(point=True)
-            .encode(
-                x=alt.X("layer:Q", axis=common.layer_axis()),
-                y=alt.Y("score:Q", title="s_l = cos(h, μ+) − cos(h, μ−)"),
-                color=alt.Color(
-                    "series:N",
-                    legend=alt.Legend(orient="bottom", title=None, columns=1),
-                    scale=alt.Scale(range=["#e67e22", "#2e86c1"]),
-                ),
-                tooltip=["series:N", "layer:Q", alt.Tooltip("score:Q", format="+.4f")],
-            )
-        )
-        zero = alt.Chart(pd.DataFrame({"y": [0.0]})).mark_rule(strokeDash=[4, 4], color="gray").encode(y="y:Q")
-        st.altair_chart((zero + lines).properties(height=320), width="stretch")
+        st.altair_chart(charts.belief_chart(bf).properties(height=320), width="stretch")
         st.caption(
             "Harmfulness belief uses the harmfulness centroids at t_inst; refusal belief the refusal centroids at t_post_inst."
         )
@@ -122,63 +83,14 @@ with common.errors_shown():
         st.subheader("Among the reference clusters")
         ref, token = common.reference(ctx.spec, ctx.handle)
         rd = _ref_deltas(ctx.key, ctx.bundle_key, token, ref, ctx.bundle)
-        me = pd.DataFrame(
-            {
-                "delta_harmful": [insp.delta_harmful],
-                "delta_refuse": [insp.delta_refuse],
-                "instruction": [text],
-                "cluster": ["your prompts"],
-            }
-        )
-        domain = list(svc.CLUSTER_COLORS)
-        scale = alt.Scale(domain=domain, range=[svc.CLUSTER_COLORS[d] for d in domain])
-        enc = {
-            "x": alt.X("delta_harmful:Q", title="Δ harmful (t_inst)"),
-            "y": alt.Y("delta_refuse:Q", title="Δ refuse (t_post_inst)"),
-            "color": alt.Color("cluster:N", scale=scale, legend=alt.Legend(orient="bottom", title=None, columns=3)),
-            "tooltip": [
-                "instruction:N",
-                "cluster:N",
-                alt.Tooltip("delta_harmful:Q", format="+.3f"),
-                alt.Tooltip("delta_refuse:Q", format="+.3f"),
-            ],
-        }
-        pts = alt.Chart(rd).mark_circle(size=30, opacity=0.6).encode(**enc)
-        star = alt.Chart(me).mark_point(shape="diamond", size=260, filled=True, stroke="white").encode(**enc)
-        axes = alt.Chart(pd.DataFrame({"v": [0.0]}))
-        rules = axes.mark_rule(color="gray", strokeDash=[4, 4]).encode(x="v:Q") + axes.mark_rule(
-            color="gray", strokeDash=[4, 4]
-        ).encode(y="v:Q")
-        st.altair_chart((rules + pts + star).properties(height=320).interactive(), width="stretch")
+        me = svc.delta_point(insp, text)
+        st.altair_chart(charts.delta_scatter(rd, me).properties(height=320).interactive(), width="stretch")
         st.caption(f"{len(rd)} built-in prompts; the diamond is this instruction.")
 
     st.subheader("Per-token projection onto the directions")
     layer = st.slider("Layer", 0, L, svc.default_layer(L), key="inspect_layer")
     pf = svc.token_projection_frame(insp, ctx.bundle, layer)
-    pf["label"] = pf["index"].astype(str) + " " + pf["token"].str.replace("\n", "⏎").str.replace(" ", "·")
-    order = list(dict.fromkeys(pf.sort_values("index")["label"]))
-    bars = (
-        alt.Chart(pf)
-        .mark_bar()
-        .encode(
-            x=alt.X(
-                "label:N",
-                sort=order,
-                title="token",
-                axis=alt.Axis(labelAngle=-60, labelOverlap=False, labelFontSize=10),
-            ),
-            xOffset="direction:N",
-            y=alt.Y("projection:Q", title="h · v̂  (unit direction)"),
-            color=alt.Color(
-                "direction:N",
-                scale=alt.Scale(domain=["harmfulness", "refusal"], range=["#e67e22", "#2e86c1"]),
-                legend=alt.Legend(orient="bottom", title=None),
-            ),
-            tooltip=["index:Q", "token:N", "role:N", "direction:N", alt.Tooltip("projection:Q", format="+.3f")],
-        )
-        .properties(height=300)
-    )
-    st.altair_chart(bars, width="stretch")
+    st.altair_chart(charts.token_projection_bars(pf).properties(height=300), width="stretch")
     st.caption(
         f"Dot product of each token's residual stream at row {layer} with the unit harmfulness and refusal directions "
         "of that row. Look at where the harmfulness projection rises inside the instruction and where the refusal "

@@ -9,8 +9,10 @@ import streamlit as st
 
 from engine import service as svc
 from pages import _common as common
+from pages import _state as state
+from pages._frame import require_frame
 
-common.require_frame()
+require_frame()
 
 common.page_header(
     "Report",
@@ -21,12 +23,12 @@ common.page_header(
     claim_label="Why",
 )
 
-log = st.session_state.get(common.LOG_KEY, [])
-spec = st.session_state.get(common.SPEC_KEY)
+log = st.session_state.get(state.LOG, [])
+spec = st.session_state.get(state.SPEC)
 settings: dict[str, object] = {"model": "none chosen"}
 if spec is not None:
     settings = {"model": spec.name, "device": spec.device, "dtype": spec.dtype}
-if spec is not None and not st.session_state.get("model_error"):
+if spec is not None and not st.session_state.get(state.MODEL_ERROR):
     try:
         handle = common.get_handle(spec)
         bundle, source = common.active_bundle(spec, handle)
@@ -65,7 +67,7 @@ bar.download_button(
     key="rep_json",
 )
 if log and bar.button("Clear the log", key="rep_clear", type="tertiary", icon=":material/delete:"):
-    st.session_state[common.LOG_KEY] = []
+    st.session_state[state.LOG] = []
     st.rerun()
 
 st.subheader(f"{len(log)} event(s)")

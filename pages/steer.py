@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-import altair as alt
 import streamlit as st
 
 from engine import service as svc
+from pages import _charts as charts
 from pages import _common as common
+from pages import _state as state
+from pages._frame import require_frame
 
-common.require_frame()
+require_frame()
 
 POSITION_LABELS = {
     "prompt": "prompt (every prompt token)",
@@ -31,14 +33,14 @@ ctx = common.require_model()
 L = ctx.handle.n_layers
 
 # ------------------------------------------------------------------------------------------------ direction choice
-uploaded: dict[str, Any] = st.session_state.get("steer_uploaded") or {}
+uploaded: dict[str, Any] = st.session_state.get(state.STEER_UPLOADED) or {}
 with st.expander("Use your own direction (a .safetensors file saved from the Directions page)"):
     up = st.file_uploader("Directions file", type=["safetensors"], key="steer_upload")
     if up is not None:
         with common.errors_shown():
             b = svc.read_bundle_upload(up.getvalue(), ctx.handle, source=up.name)
             uploaded = {"name": up.name, "bundle": b}
-            st.session_state["steer_uploaded"] = uploaded
+            st.session_state[state.STEER_UPLOADED] = uploaded
             st.success(f"{up.name}: {len(svc.steerable_directions(b))} directions available below as 'uploaded: …'")
 
 options = svc.steerable_directions(ctx.bundle)
@@ -127,7 +129,7 @@ if mode != "Sweep":
     settings = svc.SteerSettings(direction, tuple(layers), coeff, reverse, positions, int(max_new), sampling, int(seed))
     label = f"Steered: {direction} × {settings.signed_coeff:+g} at {common.fmt_layers(layers)} ({positions})"
     if st.button("Generate", type="primary", key="steer_go", icon=":material/play_arrow:"):
-        st.session_state.pop("steer_result", None)
+        st.session_state.pop(state.STEER_RESULT, None)
         with common.errors_shown():
             instructions = svc.parse_instructions(instructions_text)
             if not layers:
@@ -144,13 +146,13 @@ if mode != "Sweep":
             for (pb, ps), r in zip(slots, rows, strict=True):
                 _fill(pb, r["baseline"], r["baseline_refused"])
                 _fill(ps, r["steered"], r["steered_refused"])
-            st.session_state["steer_result"] = {"rows": rows, "label": label, "settings": settings.to_dict()}
+            st.session_state[state.STEER_RESULT] = {"rows": rows, "label": label, "settings": settings.to_dict()}
             _rates(rows)
             common.log_event(
                 "Steer", "side by side", settings={**settings.to_dict(), "model": ctx.spec.name}, rows=rows
             )
-    elif st.session_state.get("steer_result"):
-        res = st.session_state["steer_result"]
+    elif st.session_state.get(state.STEER_RESULT):
+        res = st.session_state[state.STEER_RESULT]
         _show_pairs(res["rows"], res["label"])
         _rates(res["rows"])
 
@@ -177,7 +179,11 @@ else:
                 ctx.handle, _vectors(direction), instructions, sweep_layers, coeffs, settings, progress=bar
             )
             grid, base = svc.sweep_table(recs)
-            st.session_state["sweep_result"] = {"records": recs, "settings": settings.to_dict(), "direction": direction}
+            st.session_state[state.SWEEP_RESULT] = {
+                "records": recs,
+                "settings": settings.to_dict(),
+                "direction": direction,
+            }
             common.log_event(
                 "Steer",
                 "sweep",
@@ -185,40 +191,14 @@ else:
                 summary={"baseline refusal rate": base},
                 chart=grid,
             )
-    res = st.session_state.get("sweep_result")
+    res = st.session_state.get(state.SWEEP_RESULT)
     if res:
         with common.errors_shown():
             grid, base = svc.sweep_table(res["records"])
-            grid["cell"] = grid.apply(lambda r: f"layer {int(r['layer'])} · coeff {r['coeff']:+g}", axis=1)
+            grid["cell"] = [svc.sweep_cell_label(r.layer, r.coeff) for r in grid.itertuples()]
             st.metric("Baseline refusal rate", f"{base:.0%}")
-            pick = alt.selection_point(fields=["layer", "coeff"], name="cell", on="click", clear="dblclick")
-            base_chart = alt.Chart(grid).encode(
-                x=alt.X("coeff:O", title="coefficient", axis=alt.Axis(labelAngle=0)),
-                y=alt.Y("layer:O", title="layer (block input)", sort="descending"),
-            )
-            heat = (
-                base_chart.mark_rect(stroke="white")
-                .encode(
-                    color=alt.Color(
-                        "refusal_rate:Q", title="refusal rate", scale=alt.Scale(domain=[0, 1], scheme="reds")
-                    ),
-                    opacity=alt.condition(pick, alt.value(1.0), alt.value(0.45)),
-                    tooltip=[
-                        "layer:O",
-                        "coeff:O",
-                        alt.Tooltip("refusal_rate:Q", format=".0%"),
-                        "n:Q",
-                        alt.Tooltip("change:Q", format="+.0%", title="vs baseline"),
-                    ],
-                )
-                .add_params(pick)
-            )
-            text = base_chart.mark_text(baseline="middle").encode(
-                text=alt.Text("refusal_rate:Q", format=".0%"),
-                color=alt.condition("datum.refusal_rate > 0.5", alt.value("white"), alt.value("black")),
-            )
             height = max(200, 44 * grid["layer"].nunique() + 90)
-            chart = (heat + text).properties(title=f"Refusal rate: {res['direction']} sweep")
+            chart = charts.sweep_heatmap(grid, f"Refusal rate: {res['direction']} sweep")
             # an explicit height: with Streamlit's theme an ordinal-axis layer chart otherwise collapses
             event = st.altair_chart(
                 chart, on_select="rerun", key="sweep_chart", selection_mode="cell", width="stretch", height=height
@@ -226,19 +206,18 @@ else:
             cells = list(grid["cell"])
             # A click picks the cell; the selectbox is re-created (new key) on every new click so that its
             # index follows the click (Streamlit ignores a changed index for an existing widget key).
-            clicked = (getattr(event, "selection", None) or {}).get("cell") or []
+            clicked = (getattr(event, "selection", None) or {}).get(charts.SWEEP_SELECTION) or []
             if clicked:
-                c = clicked[0]
-                name = f"layer {int(c['layer'])} · coeff {float(c['coeff']):+g}"
-                if name in cells and st.session_state.get("sweep_last_click") != name:
-                    st.session_state["sweep_last_click"] = name
-                    st.session_state["sweep_clicks"] = st.session_state.get("sweep_clicks", 0) + 1
-            last = st.session_state.get("sweep_last_click")
+                name = svc.sweep_cell_label(clicked[0]["layer"], clicked[0]["coeff"])
+                if name in cells and st.session_state.get(state.SWEEP_LAST_CLICK) != name:
+                    st.session_state[state.SWEEP_LAST_CLICK] = name
+                    st.session_state[state.SWEEP_CLICKS] = st.session_state.get(state.SWEEP_CLICKS, 0) + 1
+            last = st.session_state.get(state.SWEEP_LAST_CLICK)
             chosen = st.selectbox(
                 "Cell (or click one in the heatmap)",
                 cells,
                 index=cells.index(last) if last in cells else len(cells) - 1,
-                key=f"sweep_cell_{st.session_state.get('sweep_clicks', 0)}",
+                key=f"{state.SWEEP_CELL_PREFIX}{st.session_state.get(state.SWEEP_CLICKS, 0)}",
             )
             row = grid[grid["cell"] == chosen].iloc[0]
             detail = svc.sweep_cell(res["records"], int(row["layer"]), float(row["coeff"]))

@@ -9,9 +9,11 @@ temporary folder (tests/conftest.py). The model and its directions are st.cache_
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -22,6 +24,8 @@ from engine.precompute import load_records
 ROOT = Path(__file__).resolve().parent.parent
 APP = ROOT / "app.py"
 TIMEOUT = 90
+# pages/experiments.py is being rewritten on another branch (its colours move to pages/_charts.py there)
+NOT_YET_CHECKED = {"experiments.py"}
 
 
 @pytest.fixture(autouse=True)
@@ -364,3 +368,40 @@ def test_no_model_chosen_asks_for_one():
     at.switch_page("pages/steer.py").run()
     _ok(at)
     assert any("Choose a model" in str(i.value) for i in at.info)
+
+
+# ------------------------------------------------------------------------------------------------ structure
+def _app_sources() -> dict[str, str]:
+    files = [APP, *sorted((ROOT / "pages").glob("*.py"))]
+    return {f.name: f.read_text(encoding="utf-8") for f in files if f.name not in NOT_YET_CHECKED}
+
+
+def test_app_and_pages_use_the_service_palette_and_state_keys():
+    for name, text in _app_sources().items():
+        engine_imports = re.findall(r"^\s*(?:from|import)\s+(engine\S*)(?:\s+import\s+(\w+))?", text, re.M)
+        assert all(mod == "engine" and what == "service" for mod, what in engine_imports), (name, engine_imports)
+        assert not re.search(r"#[0-9a-fA-F]{6}\b|#[0-9a-fA-F]{3}\b", text), f"{name}: a colour literal"
+        assert not re.search(r"session_state(?:\[|\.get\(|\.pop\(|\.setdefault\()\s*[\"']", text), (
+            f"{name}: a session-state key as a literal (use pages/_state.py)"
+        )
+
+
+def test_charts_take_their_colours_from_the_palette():
+    from pages import _charts as charts
+
+    pal = svc.palette()
+    clusters = charts.cluster_scale().to_dict()
+    assert clusters["domain"] == list(svc.CLUSTER_KEYS)
+    assert clusters["range"] == [pal["clusters"][k] for k in svc.CLUSTER_KEYS.values()]
+    dirs = charts.direction_scale(["refusal", "category:a", "harmfulness", "category:b"]).to_dict()["range"]
+    assert dirs[0] == pal["directions"]["refusal"] and dirs[2] == pal["directions"]["harmfulness"]
+    assert dirs[1] != dirs[3] and {dirs[1], dirs[3]} <= set(pal["series"])
+    tf = pd.DataFrame({"index": [0, 1, 2], "token": ["<a>", " b", "\n"], "role": ["template", "t_inst", "t_post_inst"]})
+    chips = charts.token_html(tf)
+    assert pal["roles"]["template_bg"] in chips and pal["positions"]["t_inst"] in chips
+    assert pal["positions"]["t_post_inst"] in chips and "&lt;a&gt;" in chips and "·b" in chips
+    roc = pd.DataFrame({"fpr": [0.0, 1.0], "tpr": [0.0, 1.0], "threshold": [1.0, 0.0], "series": "Latent Guard"})
+    pts = pd.DataFrame({"fpr": [0.2, 0.4], "tpr": [0.5, 0.9], "what": ["Latent Guard at +0.00", "model refusal"]})
+    spec = charts.roc_chart(roc, pts, 0.5).to_dict()
+    dots = next(layer for layer in spec["layer"] if layer["mark"]["type"] == "point")
+    assert dots["encoding"]["color"]["scale"]["range"] == [pal["roles"]["latent_guard"], pal["roles"]["own_refusal"]]

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from engine import service as svc
+from engine.clusters import CLUSTERS
 from engine.datasets import DatasetError
 from engine.directions import DirectionBundle, DirectionSet
 from engine.guard import guard_scores
@@ -64,6 +65,30 @@ def test_default_model_name(monkeypatch):
     assert svc.default_model_name() == "tiny-random"
     monkeypatch.setenv(svc.MODEL_ENV, "")
     assert svc.default_model_name() == "default"
+
+
+def test_model_choices_read_the_registry(monkeypatch):
+    import engine.service.models as sm
+
+    names = [n for n, _ in svc.model_choices()]
+    assert names[:2] == ["default", "tiny-random"] and all(d for _, d in svc.model_choices())
+
+    class Entry:  # the registry as a data table: entries with a description attribute
+        def __init__(self, description: str) -> None:
+            self.description = description
+
+    monkeypatch.setattr(sm, "REGISTRY", {"a": Entry("first"), "b": "second"})
+    assert svc.model_choices() == [("a", "first"), ("b", "second")]
+
+
+def test_cluster_names_come_from_engine_clusters():
+    assert list(svc.CLUSTER_KEYS.values()) == [*CLUSTERS, "your_prompts"]
+    assert svc.CLUSTER_KEYS["refused harmful"] == "refused_harmful" and svc.YOUR_PROMPTS in svc.CLUSTER_KEYS
+    assert svc.cluster_counts_text({"accepted_harmful": 3, "other": 1}) == "accepted harmful 3, other 1"
+    # every cluster a map can show has a palette colour of its own (no fallback to the generic series)
+    pal = svc.palette()
+    assert all(k in pal["clusters"] for k in svc.CLUSTER_KEYS.values())
+    assert svc.color("clusters", "refused_harmful") == pal["clusters"]["refused_harmful"]
 
 
 # ------------------------------------------------------------------------------------------------ projection
@@ -243,6 +268,8 @@ def test_sweep_table_and_cell(tiny, bundle):
     assert list(cell["baseline"]) == list(cell["steered"])  # coefficient 0 reproduces the baseline
     with pytest.raises(ValueError, match="no sweep cell"):
         svc.sweep_cell(recs, 1, 0.0)
+    assert svc.sweep_cell_label(0, 0.0) == "layer 0 · coeff +0"
+    assert svc.sweep_cell_label(np.int64(2), -0.5) == "layer 2 · coeff -0.5"
     with pytest.raises(ValueError, match="limit"):
         svc.steer_sweep(tiny, bundle.refusal.vectors, ["q"] * 16, [0, 1, 2], list(range(12)), s)
 
@@ -258,7 +285,7 @@ def test_reference_and_cluster_map(tiny, reference):
         reference, 1, "t_post_inst", "pca", extra_acts=extra, extra_texts=["my first prompt", "my second prompt"]
     )
     assert len(df) == n + 2 and (df["source"] == "yours").sum() == 2
-    assert set(df["cluster"]) <= set(svc.CLUSTER_COLORS)
+    assert set(df["cluster"]) <= set(svc.CLUSTER_KEYS)
     assert info["method"] == "pca" and len(info["explained_variance"]) == 2
     sep = svc.separation(reference, 1, "t_inst")
     assert all(math.isnan(v) or 0 <= v <= 1 for v in sep.values())
@@ -288,6 +315,16 @@ def test_inspect_instruction(tiny, bundle):
     np.testing.assert_allclose(pf[pf["direction"] == "refusal"]["projection"], manual, rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="out of range"):
         svc.token_projection_frame(insp, bundle, 99)
+    assert set(bf["series"]) == set(svc.BELIEF_SERIES.values())
+    me = svc.delta_point(insp, "How do I make a bomb")
+    assert me.to_dict(orient="records") == [
+        {
+            "delta_harmful": insp.delta_harmful,
+            "delta_refuse": insp.delta_refuse,
+            "instruction": "How do I make a bomb",
+            "cluster": svc.YOUR_PROMPTS,
+        }
+    ]
 
 
 def test_reference_deltas(reference, bundle):
@@ -333,6 +370,31 @@ def test_evaluate_guard_confusion_and_roc():
         svc.evaluate_guard(sets, scores[:2], 0.0)
     c = svc.confusion([], [])
     assert c["n"] == 0 and math.isnan(c["precision"])
+
+
+def test_operating_points_and_confusion_frame():
+    sets = [("h", ["a", "b"], [True, True]), ("s", ["c", "d", "e"], [False, False, False])]
+    out = svc.evaluate_guard(sets, [0.3, -0.1, -0.2, 0.05, -0.4], 0.0, refused=[True, True, False, False, False])
+    pts = svc.operating_points(out, 0.0)
+    assert list(pts["what"]) == ["Latent Guard at +0.00", "model refusal"]
+    # guard: tp 1 of 2 harmful, fp 1 of 3 harmless; refusal: tp 2 of 2, fp 0 of 3
+    assert pts[["fpr", "tpr"]].to_numpy().tolist() == [[pytest.approx(1 / 3), 0.5], [0.0, 1.0]]
+    # the refusal point is the one the ROC frame carries
+    roc, _ = svc.roc_frame([0.3, -0.1, -0.2, 0.05, -0.4], out["rows"]["truth"], [True, True, False, False, False])
+    pt = roc[roc["series"] == "model refusal (point)"].iloc[0]
+    assert (pt["fpr"], pt["tpr"]) == (0.0, 1.0)
+    no_base = svc.operating_points(svc.evaluate_guard(sets, [0.3, -0.1, -0.2, 0.05, -0.4], 0.5), 0.5)
+    assert list(no_base["what"]) == ["Latent Guard at +0.50"] and no_base["tpr"].item() == 0.0
+    cm = svc.confusion_frame([("Latent Guard", out["guard"]), ("Model refusal", out["baseline"])])
+    assert len(cm) == 8 and list(cm.columns) == ["guard", "truth", "predicted", "count"]
+    g = cm[cm["guard"] == "Latent Guard"].set_index(["truth", "predicted"])["count"].to_dict()
+    assert g == {
+        ("harmful", "harmful"): 1,
+        ("harmful", "harmless"): 1,
+        ("harmless", "harmful"): 1,
+        ("harmless", "harmless"): 2,
+    }
+    assert cm.groupby("guard")["count"].sum().tolist() == [5, 5]
 
 
 def test_refusal_baseline(tiny):

@@ -1,0 +1,149 @@
+"""The Directions page and the direction choices of the other pages: frames, provenance, upload, download, recompute.
+
+Contract:
+- ``steerable_directions(bundle)`` lists the names a user can steer with (centroids excluded), harmfulness and refusal
+  first; ``bundle_key(bundle)`` is a short content hash (a cache key for derived data).
+- ``normalizes_instructions`` / ``normalize_like`` say whether and how the bundle's prompts were normalised, so user
+  prompts put t_inst on comparable tokens (one implementation: ``engine.guard.normalize_like``).
+- Frames are long format: ``norms_frame`` (direction, layer, norm), ``cosine_matrix`` (a, b, cosine) at one layer,
+  ``cosine_across_layers`` (layer, cosine). Layers are captured rows 0..L (``engine.capture.LAYER_CONVENTION``).
+- ``bundle_bytes`` / ``read_bundle_upload`` round-trip a bundle as safetensors; an upload that is not a
+  ``.safetensors`` file, is malformed or does not fit the model raises ``StorageError`` saying so.
+- ``recompute_directions(handle, harmful, harmless)`` runs ``engine.precompute.precompute`` on user prompt sets
+  (``ValueError`` when a side is empty).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from .. import datasets as ds
+from ..directions import DirectionBundle, cosine
+from ..guard import normalize_like as guard_normalize_like
+from ..models import ModelHandle
+from ..precompute import PrecomputeResult, precompute
+from ..progress import Progress
+from ..storage import StorageError, bundle_from_bytes, bundle_to_bytes, check_compatible
+
+__all__ = [
+    "DirectionBundle",
+    "bundle_bytes",
+    "bundle_key",
+    "cosine_across_layers",
+    "cosine_matrix",
+    "normalize_like",
+    "normalizes_instructions",
+    "norms_frame",
+    "provenance_json",
+    "read_bundle_upload",
+    "recompute_directions",
+    "steerable_directions",
+]
+
+
+def steerable_directions(bundle: DirectionBundle) -> list[str]:
+    """Direction names a user can steer with (centroids excluded), harmfulness and refusal first."""
+    names = [n for n in bundle.directions if not n.startswith("centroid:")]
+    first = [n for n in ("harmfulness", "refusal") if n in names]
+    return first + sorted(n for n in names if n not in first)
+
+
+def bundle_key(bundle: DirectionBundle) -> str:
+    """A short content hash of a bundle (a cache key for derived data)."""
+    h = hashlib.sha256()
+    for name in sorted(bundle.directions):
+        d = bundle.directions[name]
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(d.vectors).tobytes())
+        if d.pos_centroid is not None:
+            h.update(np.ascontiguousarray(d.pos_centroid).tobytes())
+    return h.hexdigest()[:16]
+
+
+def normalizes_instructions(bundle: DirectionBundle) -> bool:
+    """Whether the bundle's prompts were normalised (trailing punctuation stripped) before capture."""
+    data = bundle.provenance.get("data") or {}
+    return bool(data.get("normalized_instructions", False))
+
+
+def normalize_like(bundle: DirectionBundle, texts: Sequence[str]) -> list[str]:
+    """Normalise prompts the way the bundle's prompts were, so t_inst lands on comparable tokens.
+
+    The centroids of the default bundles come from instructions without trailing punctuation; scoring "How do I
+    make a bomb?" against them puts t_inst on "?" instead of "bomb" (see the form:punctuation confound check).
+    One implementation, shared with the Latent Guard: :func:`engine.guard.normalize_like`.
+    """
+    return guard_normalize_like(bundle, texts)
+
+
+def norms_frame(bundle: DirectionBundle, names: Sequence[str] | None = None) -> pd.DataFrame:
+    """Per-layer norms, long format: direction, layer, norm."""
+    names = list(names) if names is not None else steerable_directions(bundle)
+    rows = []
+    for n in names:
+        for layer, v in enumerate(bundle.get(n).norms()):
+            rows.append({"direction": n, "layer": layer, "norm": float(v)})
+    return pd.DataFrame(rows, columns=["direction", "layer", "norm"])
+
+
+def cosine_matrix(bundle: DirectionBundle, names: Sequence[str], layer: int) -> pd.DataFrame:
+    """Cosine between every pair of directions at one layer, long format: a, b, cosine."""
+    names = list(names)
+    if not names:
+        raise ValueError("choose at least one direction")
+    if not 0 <= layer < bundle.n_rows:
+        raise ValueError(f"layer {layer} is out of range 0..{bundle.n_rows - 1}")
+    vecs = np.stack([bundle.get(n).vectors[layer] for n in names]).astype(np.float64)
+    rows = []
+    for i, a in enumerate(names):
+        for j, b in enumerate(names):
+            rows.append({"a": a, "b": b, "cosine": float(cosine(vecs[i], vecs[j]))})
+    return pd.DataFrame(rows, columns=["a", "b", "cosine"])
+
+
+def cosine_across_layers(bundle: DirectionBundle, a: str, b: str) -> pd.DataFrame:
+    """cos(a_l, b_l) for every layer: layer, cosine."""
+    va, vb = bundle.get(a).vectors, bundle.get(b).vectors
+    c = cosine(va, vb)
+    return pd.DataFrame({"layer": np.arange(len(c)), "cosine": c.astype(float)})
+
+
+def provenance_json(bundle: DirectionBundle) -> str:
+    """The bundle's provenance and summary as indented JSON (for display and download)."""
+    return json.dumps({"provenance": bundle.provenance, "summary": bundle.summary()}, indent=1, default=str)
+
+
+def bundle_bytes(bundle: DirectionBundle) -> bytes:
+    """The bundle as a safetensors file (provenance embedded), for download."""
+    return bundle_to_bytes(bundle)
+
+
+def read_bundle_upload(data: bytes, handle: ModelHandle, source: str = "upload") -> DirectionBundle:
+    """Parse an uploaded safetensors directions file and check it fits ``handle`` (StorageError otherwise)."""
+    if not source.lower().endswith(".safetensors"):
+        raise StorageError(f"{source}: upload a .safetensors directions file (other formats are not accepted)")
+    bundle = bundle_from_bytes(data, source=source)
+    check_compatible(bundle, handle)
+    if "harmfulness" not in bundle.directions:
+        bundle.provenance.setdefault("note", "no harmfulness direction: the Latent Guard and Inspect need one")
+    return bundle
+
+
+def recompute_directions(
+    handle: ModelHandle,
+    harmful: Sequence[ds.PromptSet],
+    harmless: Sequence[ds.PromptSet],
+    *,
+    progress: Progress | None = None,
+) -> PrecomputeResult:
+    """Recompute every direction from user prompt sets (labels by greedy generation, cached)."""
+    if not harmful or not any(len(p) for p in harmful):
+        raise ValueError("upload at least one harmful prompt file with at least one prompt")
+    if not harmless or not any(len(p) for p in harmless):
+        raise ValueError("upload at least one harmless prompt file with at least one prompt")
+    return precompute(handle, list(harmful), list(harmless), progress=progress)

@@ -1,0 +1,95 @@
+"""Model choice, loading and status for the app's sidebar (the model picker and the status panel).
+
+Contract:
+- ``default_model_name()`` reads ``$STEERING_EXPLORER_MODEL`` (``default`` when unset or blank).
+- ``model_choices()`` lists the preset models as (name, description) pairs, in the registry's order; it reads
+  ``engine.models.REGISTRY`` as a mapping name -> entry and uses an entry's ``description`` attribute when it has one,
+  else ``str(entry)``.
+- ``load_handle(name, device, dtype)`` / ``load_model(spec)`` load a model (``ModelError`` says what to do when that
+  fails); ``load_directions(handle)`` returns the model's default bundle and a one-line description of its source.
+- ``model_status(handle, bundle, source)`` is the plain dict the sidebar shows.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from ..directions import DirectionBundle
+from ..models import REGISTRY, ModelError, ModelHandle, ModelSpec, load_model
+from ..precompute import default_directions, load_records, shipped_directions_path
+from ..progress import Progress
+from .core import cluster_counts_text
+
+__all__ = [
+    "MODEL_ENV",
+    "ModelError",
+    "ModelHandle",
+    "ModelSpec",
+    "default_model_name",
+    "load_directions",
+    "load_handle",
+    "load_model",
+    "model_choices",
+    "model_status",
+]
+
+MODEL_ENV = "STEERING_EXPLORER_MODEL"
+
+
+def default_model_name() -> str:
+    """The model chosen by ``$STEERING_EXPLORER_MODEL`` (``default`` when unset or blank)."""
+    return (os.environ.get(MODEL_ENV) or "").strip() or "default"
+
+
+def model_choices() -> list[tuple[str, str]]:
+    """The preset models as (name, one-line description), in the registry's order."""
+    out = []
+    for name in REGISTRY:
+        entry = REGISTRY[name]
+        out.append((str(name), str(getattr(entry, "description", entry))))
+    return out
+
+
+def load_handle(name: str, device: str = "auto", dtype: str = "auto") -> ModelHandle:
+    """Load a model by name (``default``, ``tiny-random``, an HF id or a local folder)."""
+    return load_model(ModelSpec(name=name.strip(), device=device, dtype=dtype))
+
+
+def load_directions(handle: ModelHandle, progress: Progress | None = None) -> tuple[DirectionBundle, str]:
+    """The model's default bundle and a one-line description of where it came from."""
+    shipped = shipped_directions_path(handle.spec.name)
+    if handle.spec.name == "default" and shipped.is_file():
+        return default_directions(handle, progress=progress), f"shipped with the app ({shipped.name})"
+    had_cache = load_records(handle) is not None
+    t0 = time.perf_counter()
+    bundle = default_directions(handle, progress=progress)
+    if had_cache:
+        return bundle, "computed earlier from the built-in train splits (user cache)"
+    return bundle, f"computed from the built-in train splits in {time.perf_counter() - t0:.0f} s (now cached)"
+
+
+def model_status(handle: ModelHandle, bundle: DirectionBundle | None, source: str = "") -> dict[str, Any]:
+    """What the sidebar shows about the loaded model and its directions."""
+    info = handle.info()
+    out: dict[str, Any] = {
+        "model": info["model_id"],
+        "blocks (L)": info["n_layers"],
+        "captured rows (L+1)": handle.n_rows,
+        "width (d)": info["hidden_size"],
+        "device": info["device"],
+        "dtype": info["dtype"],
+        "load time (s)": info["load_seconds"],
+        "directions": source or "not loaded",
+    }
+    if bundle is not None:
+        prov = bundle.provenance
+        summ = prov.get("summary") or {}
+        if summ.get("clusters"):
+            out["clusters"] = cluster_counts_text(summ["clusters"])
+        if prov.get("created"):
+            out["directions created"] = prov["created"]
+        if prov.get("cluster_fallback"):
+            out["warning"] = "; ".join(prov["cluster_fallback"])
+    return out

@@ -10,7 +10,7 @@ install: $(STAMP)
 
 # torch is installed first and pinned, so pip takes the local CPU wheel instead of a multi-GB CUDA build.
 # The pin is read from pyproject.toml's dependencies (written once, there).
-TORCH_PIN := $(shell sed -n 's/^[[:space:]]*"\(torch==[^"]*\)".*/\1/p' pyproject.toml)
+TORCH_PIN := $(shell sed -n 's/^[[:space:]]*"\(torch==[^"]*\)".*/\1/p' pyproject.toml | head -n 1)
 
 $(STAMP): pyproject.toml
 	@test -n "$(TORCH_PIN)" || { echo 'Makefile: no "torch==X" line in pyproject.toml dependencies' >&2; exit 1; }

@@ -9,10 +9,14 @@ STAMP := $(VENV)/.installed-stamp
 install: $(STAMP)
 
 # torch is installed first and pinned, so pip takes the local CPU wheel instead of a multi-GB CUDA build.
+# The pin is read from pyproject.toml's dependencies (written once, there).
+TORCH_PIN := $(shell sed -n 's/^[[:space:]]*"\(torch==[^"]*\)".*/\1/p' pyproject.toml | head -n 1)
+
 $(STAMP): pyproject.toml
+	@test -n "$(TORCH_PIN)" || { echo 'Makefile: no "torch==X" line in pyproject.toml dependencies' >&2; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q '$(TORCH_PIN)'
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
@@ -22,9 +26,11 @@ run: install
 run-tiny: install
 	STEERING_EXPLORER_MODEL=tiny-random $(VENV)/bin/streamlit run app.py --server.address 127.0.0.1
 
+# mypy's settings (files = engine/) are in pyproject.toml; .pre-commit-config.yaml runs the same three checks.
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 format: install
 	$(VENV)/bin/ruff format .
@@ -43,4 +49,4 @@ precompute-default: install
 	$(PY) -m engine precompute --model default --out assets/directions --name default
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache test-output
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache test-output

@@ -1,7 +1,8 @@
 """Command line: ``python -m engine COMMAND ...``.
 
 Every command takes ``--json``: stdout then carries only one JSON document. Progress goes to stderr; errors are
-one clear line on stderr and a non-zero exit status (2 for bad input, 1 for anything else).
+one clear line on stderr and a non-zero exit status (2 for bad input, argument errors included; 1 for anything
+else, such as a model that cannot be loaded or an output path that cannot be written).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 __all__ = ["main"]
 
@@ -310,10 +311,20 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ parser
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's error contract: one line on stderr (no usage block), exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {_one_line(message)} (see {self.prog} --help)\n")
+
+
+def _one_line(message: object) -> str:
+    """A message on one line: library errors sometimes carry several lines of advice."""
+    return " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m engine", description="steering-explorer: harmfulness vs refusal directions"
-    )
+    p = _Parser(prog="python -m engine", description="steering-explorer: harmfulness vs refusal directions")
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp: argparse.ArgumentParser, model: bool = True) -> None:
@@ -421,12 +432,17 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if args.json or args.quiet:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        # the hub client's retry warnings ("... thrown while requesting HEAD ...") are progress noise here
+        os.environ.setdefault("HF_HUB_VERBOSITY", "error")
     try:
+        import huggingface_hub.utils.logging as hub_logging
         import transformers
 
         transformers.logging.disable_progress_bar()
         if args.json:
             transformers.logging.set_verbosity_error()
+        if args.json or args.quiet:
+            hub_logging.set_verbosity_error()
     except ImportError:  # pragma: no cover
         pass
     from .datasets import DatasetError
@@ -437,10 +453,14 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except (ValueError, KeyError, DatasetError, StorageError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        sys.stderr.write(f"error: {msg}\n")
+        sys.stderr.write(f"error: {_one_line(msg)}\n")
         return 2
     except ModelError as exc:
-        sys.stderr.write(f"error: {exc}\n")
+        sys.stderr.write(f"error: {_one_line(exc)}\n")
+        return 1
+    except OSError as exc:  # e.g. an --out path that cannot be created or written
+        where = f"{exc.filename}: " if exc.filename else ""
+        sys.stderr.write(f"error: {where}{_one_line(exc.strerror or exc)} (check the paths given, e.g. --out)\n")
         return 1
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")

@@ -120,5 +120,5 @@ def roc_curve(scores: Sequence[float], truth: Sequence[bool]) -> tuple[np.ndarra
     P, N = max(y.sum(), 1), max((~y).sum(), 1)
     tpr = np.array([((s >= t) & y).sum() / P for t in thr])
     fpr = np.array([((s >= t) & ~y).sum() / N for t in thr])
-    auc = float(np.trapezoid(tpr, fpr)) if hasattr(np, "trapezoid") else float(np.trapz(tpr, fpr))
+    auc = float(np.trapezoid(tpr, fpr))
     return fpr, tpr, thr, auc

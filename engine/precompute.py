@@ -165,9 +165,10 @@ def precompute(
         meta={"pos": pos_name, "neg": neg_name},
     )
     # cluster centroids at both positions, for the scatter, clusters and guard pages
+    cluster_of = np.array([r["cluster"] for r in records], dtype=object)
     for pos_i, pos_name_ in ((0, "t_inst"), (1, "t_post_inst")):
         for c in CLUSTERS:
-            m = mask(lambda r, c=c: r["cluster"] == c)
+            m = cluster_of == c
             if m.sum():
                 mu = acts[m, pos_i].mean(0)
                 dirs[f"centroid:{c}:{pos_name_}"] = DirectionSet(
@@ -178,10 +179,12 @@ def precompute(
                     meta={"kind": "centroid"},
                 )
     cats = Counter(r["category"] for r in records if r["harmful"] and r["category"])
+    harmful_of = mask(lambda r: bool(r["harmful"]))
+    category_of = np.array([r["category"] for r in records], dtype=object)
     for cat, n in sorted(cats.items()):
         if n < min_category:
             continue
-        m = mask(lambda r, cat=cat: r["harmful"] and r["category"] == cat)
+        m = harmful_of & (category_of == cat)
         dirs[f"category:{cat}"] = DirectionSet.from_diff_of_means(
             f"category:{cat}",
             a_inst[m],

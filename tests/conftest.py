@@ -1,7 +1,7 @@
 """Shared test setup.
 
-- Markers ``integration`` (the real default model) and ``browser`` (headless Chromium) are registered here so that
-  ``-m "not integration and not browser"`` works without a pyproject.
+- Markers ``integration`` (the real default model) and ``browser`` (headless Chromium) are declared once, in
+  pyproject.toml's ``[tool.pytest.ini_options]``.
 - Every test runs with ``STEERING_EXPLORER_CACHE`` pointing at a per-session temporary folder, so no test writes to
   the user's cache, except integration tests: they use the real cache (the default model is assembled and
   dequantised once, about a minute, and then loaded from there), through the ``real_cache`` fixture.
@@ -34,8 +34,6 @@ _TMP_CACHE: Path | None = None
 
 def pytest_configure(config: pytest.Config) -> None:
     global _TMP_CACHE
-    config.addinivalue_line("markers", "integration: uses the real default model (slow; loads ~0.5B parameters)")
-    config.addinivalue_line("markers", "browser: drives the app in a headless browser")
     if _TMP_CACHE is None:
         _TMP_CACHE = Path(tempfile.mkdtemp(prefix="steering-explorer-test-cache-"))
         # set at configure time so subprocesses (app / browser tests) inherit it as well

@@ -257,7 +257,7 @@ def _records_csv(path: Path, text: str) -> tuple[list[tuple[int, Any]], list[str
             if not values or not any(v.strip() for v in values):
                 continue
             row += 1
-            rec = {h: v for h, v in zip(header, values, strict=False) if h}
+            rec: dict[str, str | None] = {h: v for h, v in zip(header, values, strict=False) if h}
             for h in header[len(values) :]:
                 if h:
                     rec.setdefault(h, None)  # short row: fields missing

@@ -36,6 +36,7 @@ def pytest_configure(config: pytest.Config) -> None:
     global _TMP_CACHE
     config.addinivalue_line("markers", "integration: uses the real default model (slow; loads ~0.5B parameters)")
     config.addinivalue_line("markers", "browser: drives the app in a headless browser")
+    config.addinivalue_line("markers", "qwen15b: needs the optional qwen-1.5b data packages (skipped without them)")
     if _TMP_CACHE is None:
         _TMP_CACHE = Path(tempfile.mkdtemp(prefix="steering-explorer-test-cache-"))
         # set at configure time so subprocesses (app / browser tests) inherit it as well

@@ -573,6 +573,7 @@ def test_gguf_entry_loads_verifies_and_caches(split_gguf, tiny_gguf, gguf_cache)
     assert target.name == f"test-gguf-{entry.sha256[:12]}-v1"
     marker = json.loads((target / "steering-explorer.json").read_text())
     assert marker["gguf_sha256"] == entry.sha256 and marker["model_id"] == "Tiny-Qwen2-GGUF"
+    assert set(marker["build_seconds"]) == {"assemble_and_hash", "dequantise", "write"}
     assert sorted(p.name for p in (gguf_cache / "models").iterdir()) == [target.name]  # no temp GGUF or folder left
 
     for p in parts:  # a cache hit reads neither the parts nor the GGUF

@@ -204,7 +204,7 @@ def _check_facts(model: Any, facts: dict[str, int], source: str) -> None:
             raise ModelError(f"{source} has {k}={got[k]}, but the registry says {want}; the registry entry is wrong")
 
 
-def _write_cache(model: Any, tokenizer: Any, target: Path, meta: dict[str, Any]) -> None:
+def _write_cache(model: Any, tokenizer: Any, target: Path, meta: dict[str, Any], t_start: float) -> None:
     """Save state dict (safetensors), configs and tokenizer into a temp folder, then rename it into place."""
     from safetensors.torch import save_model
 
@@ -217,7 +217,8 @@ def _write_cache(model: Any, tokenizer: Any, target: Path, meta: dict[str, Any])
             if model.generation_config is not None:
                 model.generation_config.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
-            doc = {**meta, "cache_format": CACHE_FORMAT, "created": time.time()}
+            seconds = {**meta.get("build_seconds", {}), "write": round(time.perf_counter() - t_start, 1)}
+            doc = {**meta, "build_seconds": seconds, "cache_format": CACHE_FORMAT, "created": time.time()}
             (tmp / MARKER).write_text(json.dumps(doc, indent=1))
         except OSError as exc:
             raise ModelError(
@@ -237,11 +238,18 @@ def _write_cache(model: Any, tokenizer: Any, target: Path, meta: dict[str, Any])
 
 
 def build_cache(gguf_file: Path, target: Path, meta: dict[str, Any], facts: dict[str, int] | None = None) -> None:
-    """Dequantise ``gguf_file`` and cache it at ``target`` (``meta`` goes into the marker); frees the model after."""
+    """Dequantise ``gguf_file`` and cache it at ``target`` (``meta`` goes into the marker); frees the model after.
+
+    The marker records ``build_seconds`` (``dequantise``, ``write``, plus whatever ``meta`` brought, e.g. ``assemble``).
+    """
+    t0 = time.perf_counter()
     model, tokenizer = _dequantise(gguf_file)
+    t1 = time.perf_counter()
     try:
         _check_facts(model, facts or {}, str(meta.get("name") or gguf_file))
-        _write_cache(model, tokenizer, target, meta)
+        seconds = {**meta.get("build_seconds", {}), "dequantise": round(t1 - t0, 1)}
+        meta = {**meta, "build_seconds": seconds}
+        _write_cache(model, tokenizer, target, meta, t1)
     finally:
         del model
         gc.collect()
@@ -272,9 +280,15 @@ def cache_entry(entry: ModelEntry) -> tuple[Path, bool]:
     target = entry_cache_path(entry)
     if is_cached(target):
         return target, False
+    t0 = time.perf_counter()
     gguf_path = assemble(entry, temp_gguf_path(entry.name))  # a missing package fails here, before any slow work
     try:
-        meta = {"name": entry.name, "model_id": entry.display_id, "gguf_sha256": entry.sha256}
+        meta = {
+            "name": entry.name,
+            "model_id": entry.display_id,
+            "gguf_sha256": entry.sha256,
+            "build_seconds": {"assemble_and_hash": round(time.perf_counter() - t0, 1)},
+        }
         build_cache(gguf_path, target, meta, {"n_layers": entry.n_layers, "hidden_size": entry.hidden_size})
     finally:
         gguf_path.unlink(missing_ok=True)

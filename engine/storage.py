@@ -179,7 +179,8 @@ def bundle_from_bytes(data: bytes, *, source: str = "upload") -> DirectionBundle
         shape = v.shape
         if not np.isfinite(v).all():
             raise StorageError(f"{source}: direction {name!r} contains NaN or inf")
-        centroids = {k: _as_float32(tensors.get(f"{name}/{k}")) for k in ("pos_centroid", "neg_centroid")}
+        centroids = {k: tensors.get(f"{name}/{k}") for k in ("pos_centroid", "neg_centroid")}
+        centroids = {k: None if c is None else _as_float32(c) for k, c in centroids.items()}
         for k, c in centroids.items():
             if c is not None and (c.shape != v.shape or not np.isfinite(c).all()):
                 raise StorageError(
@@ -203,9 +204,9 @@ def bundle_from_bytes(data: bytes, *, source: str = "upload") -> DirectionBundle
     return DirectionBundle(directions=dirs, provenance=doc.get("provenance") or {})
 
 
-def _as_float32(a: np.ndarray | None) -> np.ndarray | None:
+def _as_float32(a: np.ndarray) -> np.ndarray:
     """Stored float16 (or float64) comes back as float32; other dtypes are left for the checks to refuse."""
-    if a is None or not np.issubdtype(a.dtype, np.floating) or a.dtype == np.float32:
+    if not np.issubdtype(a.dtype, np.floating) or a.dtype == np.float32:
         return a
     return a.astype(np.float32)
 

@@ -120,7 +120,7 @@ def _load_hf(spec: ModelSpec, t0: float) -> ModelHandle:
         tokenizer = AutoTokenizer.from_pretrained(
             str(local) if is_local else spec.name, trust_remote_code=spec.trust_remote_code
         )
-        model = AutoModelForCausalLM.from_pretrained(str(local) if is_local else spec.name, **kwargs)
+        model: Any = AutoModelForCausalLM.from_pretrained(str(local) if is_local else spec.name, **kwargs)
     except OSError as exc:
         raise ModelError(
             f"could not load model {spec.name!r}: not a registry name, a .gguf file or a local folder, and not "

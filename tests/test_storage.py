@@ -13,6 +13,7 @@ from safetensors.numpy import save as st_save
 from engine.capture import LAYER_CONVENTION
 from engine.directions import DirectionBundle, DirectionSet
 from engine.storage import (
+    FLOAT16_REL_ERROR,
     FORMAT,
     META_KEY,
     StorageError,
@@ -232,3 +233,72 @@ def test_engine_never_unpickles():
     assert len(files) >= 10
     offenders = {f.name: pattern.findall(f.read_text()) for f in files}
     assert {k: v for k, v in offenders.items() if v} == {}
+
+
+# ------------------------------------------------------------------------------------------------ float16 storage
+# Stated tolerance: float16 storage rounds every value to the nearest float16, so each layer's vector comes back with
+# a relative L2 error of at most FLOAT16_REL_ERROR = 2^-11 (about 4.9e-4); values under 6.1e-5 are subnormal and add
+# at most 2^-25 absolute each, hence the tiny absolute floor below (it only matters for near-zero rows).
+
+
+def _layer_errors_ok(stored: np.ndarray, exact: np.ndarray) -> None:
+    assert stored.dtype == np.float32 and stored.shape == exact.shape
+    err = np.linalg.norm(stored.astype(np.float64) - exact, axis=-1)
+    bound = FLOAT16_REL_ERROR * np.linalg.norm(exact.astype(np.float64), axis=-1) + np.sqrt(exact.shape[-1]) * 2.0**-25
+    assert (err <= bound).all(), (err / np.maximum(np.linalg.norm(exact, axis=-1), 1e-30)).max()
+
+
+def _assert_close_bundle(loaded: DirectionBundle, exact: DirectionBundle) -> None:
+    assert loaded.names() == exact.names()
+    for name in exact.names():
+        a, b = loaded.get(name), exact.get(name)
+        _layer_errors_ok(a.vectors, b.vectors)
+        for attr in ("pos_centroid", "neg_centroid"):
+            if getattr(b, attr) is None:
+                assert getattr(a, attr) is None
+            else:
+                _layer_errors_ok(getattr(a, attr), getattr(b, attr))
+        assert (a.position, a.n_pos, a.n_neg, a.normalized, a.meta) == (
+            b.position,
+            b.n_pos,
+            b.n_neg,
+            b.normalized,
+            b.meta,
+        )
+
+
+def test_float16_storage_round_trip_within_tolerance(tiny, tmp_path):
+    bundle = make_bundle(tiny, rows=4, width=64)
+    bundle.directions["small"] = DirectionSet("small", np.full((4, 64), 3e-5) * np.arange(1, 5)[:, None])
+    bundle.directions["zero-row"] = DirectionSet("zero-row", np.vstack([np.zeros((1, 64)), np.ones((3, 64)) * 70.0]))
+    p32 = save_bundle(bundle, tmp_path / "b32.safetensors")
+    p16 = save_bundle(bundle, tmp_path / "b16.safetensors", dtype="float16")
+    assert p16.stat().st_size < 0.6 * p32.stat().st_size
+    loaded = load_bundle(p16, tiny)
+    _assert_close_bundle(loaded, bundle)
+    np.testing.assert_array_equal(loaded.get("zero-row").vectors[0], 0.0)  # exact zeros stay zero
+    assert loaded.get("harmfulness").vectors.dtype == np.float32
+    assert not np.array_equal(loaded.get("harmfulness").vectors, bundle.get("harmfulness").vectors)  # it did round
+    assert json.loads(p16.with_suffix(".json").read_text())["storage_dtype"] == "float16"
+    assert load_bundle(p32, tiny).get("harmfulness").vectors.tobytes() == bundle.get("harmfulness").vectors.tobytes()
+
+
+def test_float16_storage_of_the_shipped_default_directions():
+    """The real default bundle (float32 today) through float16: every layer of every direction within the bound."""
+    path = ENGINE.parent / "assets" / "directions" / "default.safetensors"
+    if not path.is_file():
+        pytest.skip(f"{path} is not there")
+    exact = load_bundle(path)
+    data16 = bundle_to_bytes(exact, dtype="float16")
+    assert len(data16) < 0.55 * path.stat().st_size
+    _assert_close_bundle(bundle_from_bytes(data16), exact)
+
+
+def test_float16_storage_refuses_out_of_range_values(tmp_path):
+    big = DirectionBundle({"harmfulness": DirectionSet("harmfulness", np.full((2, 8), 1e5))}, {})
+    with pytest.raises(StorageError, match="beyond float16's range"):
+        save_bundle(big, tmp_path / "big.safetensors", dtype="float16")
+    assert not (tmp_path / "big.safetensors").exists()
+    save_bundle(big, tmp_path / "big.safetensors")  # float32 keeps it
+    with pytest.raises(ValueError, match="storage dtype"):
+        bundle_to_bytes(big, dtype="bfloat16")

@@ -18,8 +18,11 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for _p in (ROOT, ROOT / "bench"):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
+
+from reference_loops import steer_refusal_per_layer_loop  # noqa: E402
 
 from engine import clusters as clusters_mod  # noqa: E402
 from engine import datasets as ds  # noqa: E402
@@ -74,7 +77,7 @@ def fake_label_refusals(handle, instructions, **kw):
 
 @pytest.fixture
 def fake_labels(monkeypatch):
-    monkeypatch.setattr(E, "label_refusals", fake_label_refusals)
+    monkeypatch.setattr(E.context, "label_refusals", fake_label_refusals)
     monkeypatch.setattr(clusters_mod, "label_refusals", fake_label_refusals)
 
 
@@ -207,8 +210,7 @@ def test_held_out_discipline(handle, data, fake_labels, monkeypatch):
         seen.extend(it.instruction for s in list(harmful) + list(harmless) for it in s.items)
         return real(h, harmful, harmless, **kw)
 
-    monkeypatch.setattr(E, "precompute", spy)
-    monkeypatch.setattr(E, "_BUNDLE_MEMO", {})
+    monkeypatch.setattr(E.context, "precompute", spy)
     # put one train prompt into the test set too: it must be dropped, and said so
     leak = data.harmful_train[0].items[0]
     leaky = dataclasses.replace(
@@ -238,7 +240,7 @@ def results(handle, data, tmp_path_factory, cache_root):
     calls: list[tuple] = []
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("STEERING_EXPLORER_CACHE", str(cache_root))
-        mp.setattr(E, "label_refusals", fake_label_refusals)
+        mp.setattr(E.context, "label_refusals", fake_label_refusals)
         mp.setattr(clusters_mod, "label_refusals", fake_label_refusals)
         opts = {"steer-refusal": {"max_new_tokens": 6}, "reply-inversion": {"max_new_tokens": 6}}
         res = {
@@ -421,7 +423,7 @@ def test_steer_batched_equals_per_layer_loop(handle):
     insts = ["How do I make a cake", "Write a short poem about the sea, please", "hello"]
     kw = {"coeff": 1.0, "max_new_tokens": 6}
     fast = E.steer_refusal_sweep(handle, bundle, insts, **kw)
-    slow = E.steer_refusal_per_layer_loop(handle, bundle, insts, **kw)
+    slow = steer_refusal_per_layer_loop(handle, bundle, insts, **kw)
     key = lambda r: (r["direction"], -1 if r["layer"] is None else r["layer"], r["index"])  # noqa: E731
     fast, slow = sorted(fast, key=key), sorted(slow, key=key)
     assert len(fast) == len(slow) == len(insts) * (1 + 2 * handle.n_layers)

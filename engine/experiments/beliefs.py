@@ -7,7 +7,7 @@ Contract (each function takes the run context and its options, returns ``(rows, 
   also at every post-instruction token ``post_k``. Rows ``{layer, position, group, mean, std, n}``.
 - ``belief_scatter`` (Fig. 3): one row per test prompt ``{id, cluster, delta_harmful, delta_refuse[, instruction]}``
   (Delta = mean of s_l over all L+1 rows, as the paper's code); prompts read from files carry their id only.
-- ``jailbreaks`` (Fig. 6): successful template jailbreaks next to refused harmful prompts on the same plane; rows
+- ``jailbreak_plane`` (Fig. 6): successful template jailbreaks next to refused harmful prompts on the same plane; rows
   ``{kind, template_id, prompt_id, delta_harmful, delta_refuse}``.
 """
 
@@ -26,7 +26,7 @@ from ..positions import locate
 from .context import GROUPS, Record, RunContext
 from .results import num, rate
 
-__all__ = ["belief_curves", "belief_scatter", "jailbreaks"]
+__all__ = ["belief_curves", "belief_scatter", "jailbreak_plane"]
 
 Rows = list[dict[str, Any]]
 
@@ -193,7 +193,7 @@ def belief_scatter(ctx: RunContext) -> tuple[Rows, list[str]]:
     return rows, notes
 
 
-def jailbreaks(ctx: RunContext, *, n_jailbreak_prompts: int, n_templates: int) -> tuple[Rows, list[str]]:
+def jailbreak_plane(ctx: RunContext, *, n_jailbreak_prompts: int, n_templates: int) -> tuple[Rows, list[str]]:
     jb = ctx.template_jailbreaks(ctx.cap(n_jailbreak_prompts), ctx.cap(n_templates))
     if not jb:
         raise ValueError("no jailbreak templates in the data")

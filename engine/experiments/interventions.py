@@ -10,11 +10,11 @@ Contract (each experiment function takes the run context and its options, return
   are scored by :func:`score_inversion`; rows ``{layer, direction, prompts, coeff, no_rate, invalid, n}``.
 - Both sweeps are ONE call of :func:`engine.steering.grid` (every row its own direction, layer and coefficient);
   rows stop once their answer is decided (a refusal phrase appeared; "ertainly" appeared).
-- ``steer_refusal_sweep`` is the steer-refusal grid on its own (for benchmarks and tests); it returns the grid's
+- ``steer_refusal_sweep`` is the Fig. 4 grid on its own (for benchmarks and tests); it returns the grid's
   records (:class:`engine.steering.GridRecord`).
 
-Cost (built-in data, ``default`` model, L=24, default options): steer-refusal 16 prompts x (1 + 2 x 24) = 784 rows
-(~57k token forwards with 32 new tokens); reply-inversion 2 x 12 prompts x 49 = 1176 rows of ~65 prompt tokens
+Cost (built-in data, ``default`` model, L=24, default options): Fig. 4 16 prompts x (1 + 2 x 24) = 784 rows
+(~57k token forwards with 32 new tokens); Fig. 5 2 x 12 prompts x 49 = 1176 rows of ~65 prompt tokens
 (~90k). On CPU the prefill, not the decode, dominates: every steered row re-reads its whole prompt, so
 ``n_prompts`` (or ``limit``) is the knob.
 """

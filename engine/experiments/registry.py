@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .behaviour import latent_guard, refusal_template
-from .beliefs import belief_curves, belief_scatter, jailbreaks
+from .beliefs import belief_curves, belief_scatter, jailbreak_plane
 from .categories import category_directions
 from .charts import ChartSpec
 from .interventions import reply_inversion, steer_refusal
@@ -189,7 +189,7 @@ _TABLE: tuple[ExperimentInfo, ...] = (
         paper="Fig. 6: successful jailbreaks have negative Delta_refuse (~-0.05 to -0.2 vs ~+0.3 for refused harmful) "
         "while template jailbreaks keep Delta_harmful >= 0 (~0.06-0.14): they suppress refusal, not the harmfulness "
         "belief.",
-        impl=jailbreaks,
+        impl=jailbreak_plane,
         options={"n_jailbreak_prompts": 8, "n_templates": 24},
         chart=ChartSpec("scatter", color="kind", **_PLANE),
     ),

@@ -16,7 +16,8 @@ Contract:
   once per row; ``grid`` checks each named vector and its layer list once and builds one spec per cell.
 - Hooks exist only inside ``steer(...)`` (an ExitStack context manager); they are removed even when the body
   raises. Every steered or generating run holds ``handle.lock``.
-- Greedy decoding by default; sampling with an explicit seed.
+- Greedy decoding by default; sampling with an explicit seed (settings and the next-token rule: ``engine.decoding``;
+  ``GenerationConfig`` is re-exported here).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import numpy as np
 import torch
 
 from .capture import check_rows
+from .decoding import GenerationConfig, cache_kw, eos_ids, next_tokens, past_length
 from .models import ModelHandle
 from .positions import PromptPositions, pad_batch, position_ids_for, prepare
 from .progress import Progress, report
@@ -49,7 +51,6 @@ __all__ = [
 ]
 
 POSITION_MODES = ("prompt", "context", "all")
-MAX_NEW_TOKENS_LIMIT = 2048
 
 
 @dataclass(frozen=True)
@@ -101,45 +102,6 @@ def _validate_specs(handle: ModelHandle, specs: Sequence[SteeringSpec | None]) -
         if s is not None and id(s) not in seen:
             seen.add(id(s))
             s.validate(handle)
-
-
-@dataclass(frozen=True)
-class GenerationConfig:
-    max_new_tokens: int = 64
-    do_sample: bool = False
-    seed: int = 0
-    temperature: float = 0.7
-    top_p: float = 0.9
-    use_cache: bool = True
-    batch_size: int = 16
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.max_new_tokens, int) or not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
-            raise ValueError(f"max_new_tokens must be an integer in 1..{MAX_NEW_TOKENS_LIMIT}")
-        if self.do_sample and not (self.temperature > 0 and 0 < self.top_p <= 1):
-            raise ValueError("sampling needs temperature > 0 and 0 < top_p <= 1")
-        if self.batch_size < 1:
-            raise ValueError("batch_size must be >= 1")
-
-
-def _past_length(kwargs: dict, layer_idx: int) -> int | None:
-    """Tokens already in the KV cache for this layer (None when no cache is used: a full recompute)."""
-    cache = None
-    for key in ("cache", "past_key_values", "past_key_value"):
-        if kwargs.get(key) is not None:
-            cache = kwargs[key]
-            break
-    if cache is None or kwargs.get("use_cache") is False:
-        return None
-    layers = getattr(cache, "layers", None)
-    if layers is not None:
-        if layer_idx >= len(layers):
-            return 0
-        return int(layers[layer_idx].get_seq_length())
-    try:
-        return int(cache.get_seq_length(layer_idx))
-    except TypeError:
-        return int(cache.get_seq_length())
 
 
 class RowSelection:
@@ -220,7 +182,7 @@ def _hooks(
                     add_d, st, en = add_d[idx], st[idx], en[idx]
                 if h.shape[0] != add_d.shape[0]:
                     raise RuntimeError(f"steering was set up for a batch of {add_d.shape[0]} rows, got {h.shape[0]}")
-                past = _past_length(kwargs, layer)
+                past = past_length(kwargs, layer)
                 offset = 0 if past is None else past
                 pos = torch.arange(offset, offset + h.shape[1], device=h.device)
                 m = ((pos[None, :] >= st[:, None]) & (pos[None, :] < en[:, None])).to(h.dtype)[..., None]
@@ -235,36 +197,6 @@ def _hooks(
 
             stack.callback(block.register_forward_pre_hook(pre, with_kwargs=True).remove)
         yield
-
-
-def _eos_ids(handle: ModelHandle) -> set[int]:
-    ids: set[int] = set()
-    for src in (getattr(handle.model.generation_config, "eos_token_id", None), handle.tokenizer.eos_token_id):
-        if isinstance(src, int):
-            ids.add(src)
-        elif isinstance(src, (list, tuple)):
-            ids.update(int(x) for x in src)
-    return ids
-
-
-def _cache_kw(model: Any) -> str:
-    import inspect
-
-    params = inspect.signature(model.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
-
-
-def _next_tokens(logits: torch.Tensor, cfg: GenerationConfig, gen: torch.Generator | None) -> torch.Tensor:
-    if not cfg.do_sample:
-        return logits.argmax(dim=-1)
-    probs = torch.softmax(logits.float() / cfg.temperature, dim=-1)
-    if cfg.top_p < 1.0:
-        sp, si = probs.sort(dim=-1, descending=True)
-        keep = sp.cumsum(-1) - sp < cfg.top_p  # always keeps the most likely token
-        sp = sp * keep
-        probs = torch.zeros_like(probs).scatter(-1, si, sp)
-    probs = probs / probs.sum(-1, keepdim=True)
-    return torch.multinomial(probs.cpu(), 1, generator=gen).squeeze(-1).to(logits.device)
 
 
 @torch.no_grad()
@@ -285,14 +217,14 @@ def _generate_batch(
     model, tok = handle.model, handle.tokenizer
     ids, mask, pads = pad_batch(handle, prompts)
     b = ids.shape[0]
-    eos = _eos_ids(handle)
+    eos = eos_ids(handle)
     eos_t = torch.tensor(sorted(eos) or [-1], device=ids.device)
     out_tokens: list[list[int]] = [[] for _ in range(b)]
     texts = [""] * b
     rows = RowSelection()
     active = torch.arange(b, device=ids.device)
     gen = torch.Generator().manual_seed(int(cfg.seed)) if cfg.do_sample else None
-    cache_kw = _cache_kw(model)
+    cache_arg = cache_kw(model)
     with handle.lock, _hooks(handle, specs, prompts, pads, rows):
         cur_mask = mask
         full = ids
@@ -306,7 +238,7 @@ def _generate_batch(
         cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
         next_pos = position_ids_for(mask)[:, -1] + 1
         for step in range(cfg.max_new_tokens):
-            nxt = _next_tokens(out.logits[:, -1], cfg, gen)
+            nxt = next_tokens(out.logits[:, -1], cfg, gen)
             is_eos = torch.isin(nxt, eos_t)
             finished = is_eos.clone()
             for j, r in enumerate(active.tolist()):
@@ -339,7 +271,7 @@ def _generate_batch(
                     attention_mask=cur_mask,
                     position_ids=next_pos[:, None],
                     use_cache=True,
-                    **{cache_kw: cache},
+                    **{cache_arg: cache},
                 )
                 cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None) or cache
             else:

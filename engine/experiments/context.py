@@ -15,7 +15,8 @@ Contract:
 - Behaviour labels come from :func:`engine.labels.label_refusals` with the full chat template (the context's
   labeller: ``substring`` or ``logodds``); with the built-in data and default directions the train labels saved
   beside the bundle are reused. ``limit`` caps the prompts taken from every test set (a seeded sample, order kept);
-  without it each experiment uses its own default cap.
+  without it each experiment uses its own default cap (its registry options: generation sweeps are capped,
+  capture-only analyses use every test prompt).
 - ``acts(instructions)``: hidden states ``(n, 2, L+1, d)`` at (t_inst, t_post_inst), float32, memoised per
   instruction. ``stage(what)`` is a progress callback labelled ``"<experiment>: <what>"``.
 """

@@ -11,6 +11,10 @@ Contract:
   knows is an error.
 - Common options for every experiment: ``labeller`` ('substring' | 'logodds') and ``seed`` (for the seeded caps).
 - ``progress(stage, done, total)`` is called during the long parts, stages labelled ``"<experiment>: ..."``.
+
+Cost of ``run_all`` (built-in data, ``default`` model, default options): the two steering sweeps (see
+``interventions``: ~57k and ~90k token forwards) plus labels of the 232 test prompts (~21k), the generations
+without post-instruction tokens (~8k), 21 templates x 8 prompts (~20k) and captures (~35k).
 """
 
 from __future__ import annotations

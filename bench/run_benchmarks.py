@@ -205,9 +205,11 @@ def bench_load(name: str) -> dict[str, Any]:
 
 
 def bench_sweep(h: Any, n_prompts: int, n_layers: int, new_tokens: int) -> dict[str, Any]:
-    """The batched steer-refusal sweep (every row its own (direction, layer)) against per-layer loops over the same
-    prompts: one generate call per (direction, layer) with all prompts batched, and the paper's way (one prompt,
-    one layer per run: batch size 1)."""
+    """The batched steer-refusal sweep (every row its own (direction, layer), one ``grid`` call) against per-layer
+    loops over the same prompts (``bench/reference_loops.py``): one generate call per (direction, layer) with all
+    prompts batched, and the paper's way (one prompt, one layer per run: batch size 1)."""
+    from reference_loops import steer_refusal_per_layer_loop
+
     from engine import experiments as ex
     from engine.datasets import load_builtin
     from engine.precompute import default_directions
@@ -221,8 +223,8 @@ def bench_sweep(h: Any, n_prompts: int, n_layers: int, new_tokens: int) -> dict[
     outs: dict[str, list[dict[str, Any]]] = {}
     for label, fn, bs in (
         ("batched_sweep_s", ex.steer_refusal_sweep, 64),
-        ("loop_batched_per_layer_s", ex.steer_refusal_per_layer_loop, 64),
-        ("loop_paper_style_s", ex.steer_refusal_per_layer_loop, 1),
+        ("loop_batched_per_layer_s", steer_refusal_per_layer_loop, 64),
+        ("loop_paper_style_s", steer_refusal_per_layer_loop, 1),
     ):
         t = time.perf_counter()
         outs[label] = fn(h, bundle, insts, batch_size=bs, **kw)

@@ -402,12 +402,27 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--name", help="file stem (default: the model name)")
     sp.set_defaults(func=cmd_precompute)
 
-    sp = sub.add_parser("reproduce", help="run one of the paper's experiments (or all)")
-    common(sp)
-    sp.add_argument(
-        "experiment",
-        help="refusal-template | belief-curves | belief-scatter | steer-refusal | reply-inversion | latent-guard | jailbreaks | category-directions | all | a comma-separated list",
+    from .experiments import EXPERIMENTS
+    from .labels import LABELLERS
+
+    sp = sub.add_parser(
+        "reproduce",
+        help="run one of the paper's experiments (or all)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="experiments and their options (--option KEY=VALUE, JSON values; defaults shown):\n"
+        + "\n".join(
+            f"  {n}: {info.title} ({info.figure})"
+            + (
+                "\n    " + " ".join(f"{k}={json.dumps(v)}" for k, v in info.own_options.items())
+                if info.own_options
+                else ""
+            )
+            for n, info in EXPERIMENTS.items()
+        )
+        + "\n  every experiment: labeller (--labeller), seed=0 (the seeded caps)",
     )
+    common(sp)
+    sp.add_argument("experiment", help=" | ".join([*EXPERIMENTS, "all", "a comma-separated list"]))
     sp.add_argument("--directions", metavar="FILE")
     sp.add_argument("--limit", type=int, default=None, help="cap prompts per set")
     sp.add_argument("--out", metavar="DIR")
@@ -417,11 +432,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--templates", metavar="FILE")
     sp.add_argument("--catqa", nargs="+", metavar="FILE")
     sp.add_argument("--file-limit", type=int, default=200, help="seeded sample per data file")
-    sp.add_argument("--labeller", choices=["substring", "logodds"], help="refused/accepted labeller")
+    sp.add_argument("--labeller", choices=list(LABELLERS), help="refused/accepted labeller")
     sp.add_argument(
-        "--option", action="append", metavar="KEY=VALUE", help="experiment option (repeatable), e.g. coeff=2"
+        "--option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="experiment option (repeatable; JSON values), e.g. coeff=2; see the list below",
     )
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--seed", type=int, default=0, help="seed of the train/test split of the data files")
     sp.set_defaults(func=cmd_reproduce)
     return p
 

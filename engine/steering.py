@@ -1,46 +1,56 @@
-"""Activation steering and (batched, streamed) generation.
+"""Activation steering, (batched, streamed) generation, and the one steering grid.
 
 Contract:
 - Activation addition ``h <- h + c * v[l]`` at the **input** of block l (row l of a direction set), for one or
   several layers, per batch row: every row carries its own :class:`SteeringSpec` (or none = baseline), so a
-  baseline and a steered row, or a whole layers x coefficients sweep, run in one batched ``generate``.
+  baseline and a steered row, or a whole sweep, run in one batched ``generate``.
 - Positions: ``prompt`` (every prompt token, prefill only: generated tokens are not steered), ``context`` (the
   prompt tokens of the context span only, e.g. "User wants to ..." in reply inversion), ``all`` (prompt and every
   generated token). Positions are absolute in the padded sequence; the chunk offset comes from the KV cache's
   length, so prefill-only steering is identical with the cache on or off.
+- ``grid(handle, blocks, cfg)`` is the one primitive for every sweep: each :class:`GridBlock` is prompts x (an
+  optional baseline + named vectors x layers x coefficients), each cell a batch row with its own spec, all blocks in
+  ONE batched ``generate``; it returns one :class:`GridRecord` per row (see ``grid``).
+- Validation happens once: a spec checks its own values when built (coefficient, positions, finite (L+1, d)
+  vectors); ``generate`` and ``steer`` check each *distinct* spec against the model once (shape, layer range), not
+  once per row; ``grid`` checks each named vector and its layer list once and builds one spec per cell.
 - Hooks exist only inside ``steer(...)`` (an ExitStack context manager); they are removed even when the body
   raises. Every steered or generating run holds ``handle.lock``.
-- Greedy decoding by default; sampling with an explicit seed.
+- Greedy decoding by default; sampling with an explicit seed (settings and the next-token rule: ``engine.decoding``;
+  ``GenerationConfig`` is re-exported here).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import torch
 
 from .capture import check_rows
+from .decoding import GenerationConfig, cache_kw, eos_ids, next_tokens, past_length
 from .models import ModelHandle
 from .positions import PromptPositions, pad_batch, position_ids_for, prepare
 from .progress import Progress, report
 from .refusal import is_refusal
 
 __all__ = [
+    "POSITION_MODES",
     "GenerationConfig",
+    "GridBlock",
+    "GridRecord",
     "SteeringSpec",
     "generate",
+    "grid",
     "side_by_side",
     "steer",
-    "sweep",
 ]
 
 POSITION_MODES = ("prompt", "context", "all")
-MAX_NEW_TOKENS_LIMIT = 2048
 
 
 @dataclass(frozen=True)
@@ -72,52 +82,26 @@ class SteeringSpec:
             raise ValueError("steering vectors contain NaN or inf")
 
     def validate(self, handle: ModelHandle) -> None:
-        v = np.asarray(self.vectors)
-        if v.shape != (handle.n_rows, handle.hidden_size):
-            raise ValueError(
-                f"direction shape {tuple(v.shape)} does not match this model ({handle.n_rows} rows x {handle.hidden_size}); "
-                "these directions were computed for another model: recompute them with `python -m engine precompute`"
-            )
+        """Check the spec against a model: vector shape (L+1, d) and steerable layers (0..L-1)."""
+        _check_shape(handle, np.asarray(self.vectors))
         check_rows(handle, self.layers, steerable=True)
 
 
-@dataclass(frozen=True)
-class GenerationConfig:
-    max_new_tokens: int = 64
-    do_sample: bool = False
-    seed: int = 0
-    temperature: float = 0.7
-    top_p: float = 0.9
-    use_cache: bool = True
-    batch_size: int = 16
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.max_new_tokens, int) or not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
-            raise ValueError(f"max_new_tokens must be an integer in 1..{MAX_NEW_TOKENS_LIMIT}")
-        if self.do_sample and not (self.temperature > 0 and 0 < self.top_p <= 1):
-            raise ValueError("sampling needs temperature > 0 and 0 < top_p <= 1")
-        if self.batch_size < 1:
-            raise ValueError("batch_size must be >= 1")
+def _check_shape(handle: ModelHandle, v: np.ndarray) -> None:
+    if v.shape != (handle.n_rows, handle.hidden_size):
+        raise ValueError(
+            f"direction shape {tuple(v.shape)} does not match this model ({handle.n_rows} rows x {handle.hidden_size}); "
+            "these directions were computed for another model: recompute them with `python -m engine precompute`"
+        )
 
 
-def _past_length(kwargs: dict, layer_idx: int) -> int | None:
-    """Tokens already in the KV cache for this layer (None when no cache is used: a full recompute)."""
-    cache = None
-    for key in ("cache", "past_key_values", "past_key_value"):
-        if kwargs.get(key) is not None:
-            cache = kwargs[key]
-            break
-    if cache is None or kwargs.get("use_cache") is False:
-        return None
-    layers = getattr(cache, "layers", None)
-    if layers is not None:
-        if layer_idx >= len(layers):
-            return 0
-        return int(layers[layer_idx].get_seq_length())
-    try:
-        return int(cache.get_seq_length(layer_idx))
-    except TypeError:
-        return int(cache.get_seq_length())
+def _validate_specs(handle: ModelHandle, specs: Sequence[SteeringSpec | None]) -> None:
+    """Check each distinct spec once (rows of one sweep cell share their spec)."""
+    seen: set[int] = set()
+    for s in specs:
+        if s is not None and id(s) not in seen:
+            seen.add(id(s))
+            s.validate(handle)
 
 
 class RowSelection:
@@ -138,13 +122,25 @@ def steer(
     """Register per-row steering pre-hooks for one padded batch; removed on exit (also on error).
 
     ``rows`` (optional) says which of the batch's rows are still being computed, for decoders that drop finished
-    rows; the hooks then apply each remaining row's own steering. Takes ``handle.lock`` (re-entrant).
+    rows; the hooks then apply each remaining row's own steering. Takes ``handle.lock`` (re-entrant). Each distinct
+    spec is checked against the model once.
     """
     if not (len(row_specs) == len(prompts) == len(pads)):
         raise ValueError("row_specs, prompts and pads must have one entry per batch row")
-    for s in row_specs:
-        if s is not None:
-            s.validate(handle)
+    _validate_specs(handle, row_specs)
+    with _hooks(handle, row_specs, prompts, pads, rows):
+        yield
+
+
+@contextlib.contextmanager
+def _hooks(
+    handle: ModelHandle,
+    row_specs: Sequence[SteeringSpec | None],
+    prompts: Sequence[PromptPositions],
+    pads: Sequence[int],
+    rows: RowSelection | None,
+) -> Iterator[None]:
+    """``steer`` without the checks (the callers inside this module checked the specs already)."""
     b = len(row_specs)
     layers = handle.layers
     wanted = sorted({layer for s in row_specs if s is not None for layer in s.layers})
@@ -186,7 +182,7 @@ def steer(
                     add_d, st, en = add_d[idx], st[idx], en[idx]
                 if h.shape[0] != add_d.shape[0]:
                     raise RuntimeError(f"steering was set up for a batch of {add_d.shape[0]} rows, got {h.shape[0]}")
-                past = _past_length(kwargs, layer)
+                past = past_length(kwargs, layer)
                 offset = 0 if past is None else past
                 pos = torch.arange(offset, offset + h.shape[1], device=h.device)
                 m = ((pos[None, :] >= st[:, None]) & (pos[None, :] < en[:, None])).to(h.dtype)[..., None]
@@ -201,36 +197,6 @@ def steer(
 
             stack.callback(block.register_forward_pre_hook(pre, with_kwargs=True).remove)
         yield
-
-
-def _eos_ids(handle: ModelHandle) -> set[int]:
-    ids: set[int] = set()
-    for src in (getattr(handle.model.generation_config, "eos_token_id", None), handle.tokenizer.eos_token_id):
-        if isinstance(src, int):
-            ids.add(src)
-        elif isinstance(src, (list, tuple)):
-            ids.update(int(x) for x in src)
-    return ids
-
-
-def _cache_kw(model: Any) -> str:
-    import inspect
-
-    params = inspect.signature(model.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
-
-
-def _next_tokens(logits: torch.Tensor, cfg: GenerationConfig, gen: torch.Generator | None) -> torch.Tensor:
-    if not cfg.do_sample:
-        return logits.argmax(dim=-1)
-    probs = torch.softmax(logits.float() / cfg.temperature, dim=-1)
-    if cfg.top_p < 1.0:
-        sp, si = probs.sort(dim=-1, descending=True)
-        keep = sp.cumsum(-1) - sp < cfg.top_p  # always keeps the most likely token
-        sp = sp * keep
-        probs = torch.zeros_like(probs).scatter(-1, si, sp)
-    probs = probs / probs.sum(-1, keepdim=True)
-    return torch.multinomial(probs.cpu(), 1, generator=gen).squeeze(-1).to(logits.device)
 
 
 @torch.no_grad()
@@ -251,15 +217,15 @@ def _generate_batch(
     model, tok = handle.model, handle.tokenizer
     ids, mask, pads = pad_batch(handle, prompts)
     b = ids.shape[0]
-    eos = _eos_ids(handle)
+    eos = eos_ids(handle)
     eos_t = torch.tensor(sorted(eos) or [-1], device=ids.device)
     out_tokens: list[list[int]] = [[] for _ in range(b)]
     texts = [""] * b
     rows = RowSelection()
     active = torch.arange(b, device=ids.device)
     gen = torch.Generator().manual_seed(int(cfg.seed)) if cfg.do_sample else None
-    cache_kw = _cache_kw(model)
-    with handle.lock, steer(handle, specs, prompts, pads, rows=rows):
+    cache_arg = cache_kw(model)
+    with handle.lock, _hooks(handle, specs, prompts, pads, rows):
         cur_mask = mask
         full = ids
         out = model(
@@ -272,7 +238,7 @@ def _generate_batch(
         cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
         next_pos = position_ids_for(mask)[:, -1] + 1
         for step in range(cfg.max_new_tokens):
-            nxt = _next_tokens(out.logits[:, -1], cfg, gen)
+            nxt = next_tokens(out.logits[:, -1], cfg, gen)
             is_eos = torch.isin(nxt, eos_t)
             finished = is_eos.clone()
             for j, r in enumerate(active.tolist()):
@@ -305,7 +271,7 @@ def _generate_batch(
                     attention_mask=cur_mask,
                     position_ids=next_pos[:, None],
                     use_cache=True,
-                    **{cache_kw: cache},
+                    **{cache_arg: cache},
                 )
                 cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None) or cache
             else:
@@ -344,10 +310,22 @@ def generate(
         specs = [specs] * len(items)
     if len(specs) != len(items):
         raise ValueError("one steering spec per instruction")
-    for s in specs:
-        if s is not None:
-            s.validate(handle)
+    _validate_specs(handle, specs)
     prompts = prepare(handle, items, post_inst=post_inst)
+    return _generate_rows(handle, prompts, specs, cfg, on_text=on_text, stop_fn=stop_fn, progress=progress)
+
+
+def _generate_rows(
+    handle: ModelHandle,
+    prompts: Sequence[PromptPositions],
+    specs: Sequence[SteeringSpec | None],
+    cfg: GenerationConfig,
+    *,
+    on_text: Callable[[list[str]], None] | None = None,
+    stop_fn: Callable[[str], bool] | None = None,
+    progress: Progress | None = None,
+) -> list[str]:
+    """``generate`` on prepared prompts whose specs were already checked: length-sorted batches, progress."""
     if on_text is not None and len(prompts) > cfg.batch_size:
         raise ValueError("streaming needs all rows in one batch; raise batch_size or drop on_text")
     order = sorted(range(len(prompts)), key=lambda i: prompts[i].n_tokens)
@@ -379,7 +357,6 @@ def side_by_side(
     """
     if not instructions:
         raise ValueError("no instructions given")
-    spec.validate(handle)
     items: list[str] = []
     specs: list[SteeringSpec | None] = []
     for inst in instructions:
@@ -410,6 +387,130 @@ def side_by_side(
     return out
 
 
+class GridRecord(TypedDict):
+    """One row of a :func:`grid`: which cell it is, which prompt, and what the model wrote.
+
+    ``block``: the block's label; ``direction``: the vector's name, ``"none"`` for a baseline row; ``layer``: the
+    steered block input (None for a baseline row); ``coeff``: the coefficient (0.0 for a baseline row);
+    ``positions``: the positions mode (None for a baseline row); ``index``: the prompt's index in its block;
+    ``instruction``: the prompt's instruction; ``text``: the generated text; ``refused``: the paper's substring
+    rule on ``text`` (:func:`engine.refusal.is_refusal`).
+    """
+
+    block: str
+    direction: str
+    layer: int | None
+    coeff: float
+    positions: str | None
+    index: int
+    instruction: str
+    text: str
+    refused: bool
+
+
+@dataclass(frozen=True)
+class GridBlock:
+    """One block of a steering grid: every prompt x (a baseline row, if ``baseline``, + every name x layer x coeff).
+
+    ``prompts``: instructions, or prepared :class:`~engine.positions.PromptPositions` (e.g. a reply-inversion user
+    turn with its context span). ``vectors``: name -> (L+1, d) array; the name is what the records carry as
+    ``direction`` (``"none"`` is reserved for the baseline). ``layers``: steered block inputs (checked against the
+    model, sorted, duplicates dropped). ``coeffs``: coefficients, each applied to the raw vector. ``positions``: one
+    mode for every name, or a mapping name -> mode (``prompt`` | ``context`` | ``all``, see :class:`SteeringSpec`).
+    ``label``: the block's name in the records (e.g. which prompt set it is).
+    """
+
+    prompts: Sequence[str | PromptPositions]
+    vectors: Mapping[str, Any]
+    layers: Sequence[int]
+    coeffs: Sequence[float]
+    positions: str | Mapping[str, str] = "prompt"
+    baseline: bool = True
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("prompts", "layers", "coeffs"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        object.__setattr__(self, "vectors", dict(self.vectors))
+        if not self.prompts:
+            raise ValueError("no instructions given")
+        if not self.vectors:
+            raise ValueError("choose at least one direction to steer with")
+        if "none" in self.vectors:
+            raise ValueError('"none" names the baseline rows; give that direction another name')
+        if not self.layers:
+            raise ValueError("choose at least one layer to steer")
+        if not self.coeffs:
+            raise ValueError("choose at least one coefficient")
+        if not isinstance(self.positions, str):
+            modes = dict(self.positions)
+            missing, extra = sorted(set(self.vectors) - set(modes)), sorted(set(modes) - set(self.vectors))
+            if missing or extra:
+                raise ValueError(f"positions must give one mode per direction name: missing {missing}, unknown {extra}")
+            object.__setattr__(self, "positions", modes)
+        for name in self.vectors:
+            if self.mode(name) not in POSITION_MODES:
+                raise ValueError(f"positions must be one of {POSITION_MODES}, not {self.mode(name)!r}")
+
+    def mode(self, name: str) -> str:
+        """The positions mode of the vector called ``name``."""
+        return self.positions if isinstance(self.positions, str) else self.positions[name]
+
+
+def grid(
+    handle: ModelHandle,
+    blocks: GridBlock | Sequence[GridBlock],
+    cfg: GenerationConfig | None = None,
+    *,
+    stop_fn: Callable[[str], bool] | None = None,
+    progress: Progress | None = None,
+) -> list[GridRecord]:
+    """Every cell of every block as one batch row with its own :class:`SteeringSpec`, in ONE batched ``generate``.
+
+    Returns one :class:`GridRecord` per (block, cell, prompt), in this order: blocks as given; in a block the
+    baseline rows first (``direction="none"``, ``layer=None``, ``coeff=0.0``, ``positions=None``), then
+    ``for name in vectors: for layer in sorted layers: for coeff in coeffs: for prompt in prompts``. Rows stop early
+    when ``stop_fn(text)`` says their answer is decided. Each named vector and each block's layers are checked
+    against the model once; the rows of one cell share one spec.
+    """
+    cfg = cfg or GenerationConfig()
+    blocks = [blocks] if isinstance(blocks, GridBlock) else list(blocks)
+    if not blocks:
+        raise ValueError("the grid has no blocks")
+    prompts: list[PromptPositions] = []
+    specs: list[SteeringSpec | None] = []
+    meta: list[tuple[str, str, int | None, float, str | None, int, str]] = []
+    for b in blocks:
+        layers = check_rows(handle, b.layers, steerable=True)
+        block_prompts = prepare(handle, b.prompts)
+        cells: list[tuple[str, SteeringSpec | None]] = [("none", None)] if b.baseline else []
+        for name, v in b.vectors.items():
+            arr = np.asarray(v, dtype=np.float32)
+            _check_shape(handle, arr)
+            cells += [(name, SteeringSpec(arr, (layer,), c, b.mode(name))) for layer in layers for c in b.coeffs]
+        for name, spec in cells:
+            cell = (None, 0.0, None) if spec is None else (spec.layers[0], float(spec.coeff), spec.positions)
+            for k, p in enumerate(block_prompts):
+                prompts.append(p)
+                specs.append(spec)
+                meta.append((b.label, name, *cell, k, p.instruction))
+    texts = _generate_rows(handle, prompts, specs, cfg, stop_fn=stop_fn, progress=progress)
+    return [
+        GridRecord(
+            block=label,
+            direction=name,
+            layer=layer,
+            coeff=coeff,
+            positions=mode,
+            index=k,
+            instruction=inst,
+            text=t,
+            refused=is_refusal(t),
+        )
+        for (label, name, layer, coeff, mode, k, inst), t in zip(meta, texts, strict=True)
+    ]
+
+
 def sweep(
     handle: ModelHandle,
     instructions: Sequence[str | PromptPositions],
@@ -422,36 +523,10 @@ def sweep(
     include_baseline: bool = True,
     stop_fn: Callable[[str], bool] | None = None,
     progress: Progress | None = None,
-) -> list[dict[str, Any]]:
-    """Layers x coefficients grid, every cell a batch row with its own (layer, coeff): one batched generate.
-
-    Returns one record per (layer, coeff, instruction): ``{"layer", "coeff", "index", "instruction", "text",
-    "refused"}``; with ``include_baseline`` also rows with ``layer=None, coeff=0.0`` (unsteered).
-    """
-    cfg = cfg or GenerationConfig()
-    layers = check_rows(handle, list(layers), steerable=True)
-    if not coeffs:
-        raise ValueError("choose at least one coefficient")
-    prompts = prepare(handle, instructions)
-    cells: list[tuple[int | None, float]] = [(None, 0.0)] if include_baseline else []
-    cells += [(layer, float(c)) for layer in layers for c in coeffs]
-    items: list[PromptPositions] = []
-    specs: list[SteeringSpec | None] = []
-    meta: list[tuple[int | None, float, int]] = []
-    for layer, c in cells:
-        for k, p in enumerate(prompts):
-            items.append(p)
-            specs.append(None if layer is None else SteeringSpec(vectors, (layer,), c, positions))
-            meta.append((layer, c, k))
-    texts = generate(handle, items, specs, cfg, stop_fn=stop_fn, progress=progress)
-    return [
-        {
-            "layer": layer,
-            "coeff": c,
-            "index": k,
-            "instruction": prompts[k].instruction,
-            "text": t,
-            "refused": is_refusal(t),
-        }
-        for (layer, c, k), t in zip(meta, texts, strict=True)
-    ]
+) -> list[GridRecord]:
+    """Deprecated shim, kept only while ``engine.service.steer_sweep`` still calls it: one :class:`GridBlock`
+    (direction ``"direction"``) through :func:`grid`. Delete it once the service calls ``grid``."""
+    block = GridBlock(
+        instructions, {"direction": vectors}, layers, coeffs, positions=positions, baseline=include_baseline
+    )
+    return grid(handle, block, cfg, stop_fn=stop_fn, progress=progress)

@@ -1,9 +1,13 @@
-"""Experiments: the paper's experiments, one section each, run on the loaded model (``engine.experiments``)."""
+"""Experiments: the paper's experiments, one section each, run on the loaded model (``engine.experiments``).
+
+Every section comes from the registry (``ex.EXPERIMENTS``: title, paper figure and claim); its chart is drawn by
+``chart_for`` from the experiment's :class:`~engine.experiments.ChartSpec`, the same spec the engine's PNG writer
+draws, with the palette's colours; this page knows no experiment by name.
+"""
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +20,6 @@ from engine import service as svc
 from pages import _common as common
 
 common.require_frame()
-
-CLUSTER_SCALE = alt.Scale(
-    domain=["refused_harmful", "accepted_harmful", "refused_harmless", "accepted_harmless"],
-    range=["#c0392b", "#e67e22", "#8e44ad", "#2e86c1"],
-)
 
 common.page_header(
     "Experiments",
@@ -39,141 +38,66 @@ names = list(registry)
 results: dict[str, Any] = st.session_state.setdefault("exp_results", {})
 
 
-def _layer_x() -> alt.X:
-    return alt.X("layer:Q", axis=common.layer_axis())
+def _rule(axis: str, color: str) -> alt.Chart:
+    """A dashed reference rule at 0 on ``axis``, one per panel (aggregated to one row, so it works inside facets)."""
+    enc = {axis: alt.datum(0)}
+    return alt.Chart().transform_aggregate(n="count()").mark_rule(color=color, strokeDash=[4, 4]).encode(**enc)
 
 
-def _lines_with_baseline(df: pd.DataFrame, y: str, color: str, title: str, facet: str | None = None) -> alt.Chart:
-    """Steered rows as lines per layer; the unsteered baseline (layer None) as a dashed rule."""
-    steered_names = sorted(df.loc[df["layer"].notna(), color].astype(str).unique())
-    lines = (
-        alt.Chart()
-        .transform_filter("datum.layer != null")
-        .mark_line(point=True)
-        .encode(
-            x=_layer_x(),
-            y=alt.Y(f"{y}:Q", title=title, scale=alt.Scale(domain=[0, 1])),
-            color=alt.Color(
-                f"{color}:N",
-                scale=common.direction_scale(steered_names),
-                legend=alt.Legend(orient="bottom", title=None),
-            ),
-            tooltip=list(df.columns),
-        )
-    )
-    rule = (
-        alt.Chart()
-        .transform_filter("datum.layer == null")
-        .mark_rule(strokeDash=[4, 4], color="gray")
-        .encode(y=f"{y}:Q", tooltip=list(df.columns))
-    )
-    if facet:
-        return alt.layer(lines, rule, data=df).properties(height=260).facet(column=alt.Column(f"{facet}:N", title=None))
-    return alt.layer(lines, rule, data=df)
+def _x_integer(rows: list[dict[str, Any]], field: str) -> bool:
+    xs = [r.get(field) for r in rows if r.get(field) is not None]
+    return bool(xs) and all(isinstance(v, int) and not isinstance(v, bool) for v in xs)
 
 
-def _scatter(df: pd.DataFrame, color: str, scale: alt.Scale | None = None) -> alt.Chart:
-    pts = (
-        alt.Chart(df)
-        .mark_circle(size=45, opacity=0.75)
-        .encode(
-            x=alt.X("delta_harmful:Q", title="Δ harmful (t_inst)"),
-            y=alt.Y("delta_refuse:Q", title="Δ refuse (t_post_inst)"),
-            color=alt.Color(f"{color}:N", scale=scale or alt.Undefined, legend=alt.Legend(orient="bottom", title=None)),
-            tooltip=list(df.columns),
-        )
-    )
-    zero = alt.Chart(pd.DataFrame({"v": [0.0]}))
-    return (
-        zero.mark_rule(color="gray", strokeDash=[4, 4]).encode(x="v:Q")
-        + zero.mark_rule(color="gray", strokeDash=[4, 4]).encode(y="v:Q")
-        + pts
-    ).interactive()
-
-
-def _chart_refusal_template(df: pd.DataFrame) -> alt.Chart:
-    return (
-        alt.Chart(df)
-        .mark_bar(color="#c0392b")
-        .encode(
-            x=alt.X("template:N", title=None, axis=alt.Axis(labelAngle=0)),
-            y=alt.Y("refusal_rate:Q", title="refusal rate (harmful test prompts)", scale=alt.Scale(domain=[0, 1])),
-            tooltip=list(df.columns),
-        )
-    )
-
-
-def _chart_belief_curves(df: pd.DataFrame) -> alt.Chart:
-    band = (
-        alt.Chart()
-        .mark_area(opacity=0.15)
-        .encode(x=_layer_x(), y="lo:Q", y2="hi:Q", color=alt.Color("group:N", scale=CLUSTER_SCALE))
-    )
-    line = (
-        alt.Chart()
-        .mark_line(point=True)
-        .encode(
-            x=_layer_x(),
-            y=alt.Y("mean:Q", title="mean s_l ± std"),
-            color=alt.Color("group:N", scale=CLUSTER_SCALE, legend=alt.Legend(orient="bottom", title=None)),
-            tooltip=list(df.columns),
-        )
-    )
-    d = df.assign(lo=df["mean"] - df["std"].fillna(0), hi=df["mean"] + df["std"].fillna(0))
-    return alt.layer(band, line, data=d).properties(height=260).facet(column=alt.Column("position:N", title=None))
-
-
-def _chart_latent_guard(df: pd.DataFrame) -> alt.Chart:
-    return (
-        alt.Chart(df)
-        .mark_bar()
-        .encode(
-            x=alt.X("set:N", title=None, axis=alt.Axis(labelAngle=-20)),
-            xOffset="guard:N",
-            y=alt.Y("accuracy:Q", scale=alt.Scale(domain=[0, 1])),
-            color=alt.Color("guard:N", legend=alt.Legend(orient="bottom", title=None)),
-            tooltip=list(df.columns),
-        )
-    )
-
-
-def _chart_category(df: pd.DataFrame) -> alt.Chart:
-    general = df[df["a"] == "general"]
-    if general.empty:
-        general = df
-    return (
-        alt.Chart(general)
-        .mark_line(point=True)
-        .encode(
-            x=_layer_x(),
-            y=alt.Y("cosine:Q", title="cosine with the general harmfulness direction", scale=alt.Scale(domain=[-1, 1])),
-            color=alt.Color("b:N", title="category", legend=alt.Legend(orient="right")),
-            tooltip=list(general.columns),
-        )
-    )
-
-
-CHARTS: dict[str, Callable[[pd.DataFrame], alt.Chart]] = {
-    "refusal-template": _chart_refusal_template,
-    "belief-curves": _chart_belief_curves,
-    "belief-scatter": lambda df: _scatter(df, "cluster", CLUSTER_SCALE),
-    "steer-refusal": lambda df: _lines_with_baseline(df, "refusal_rate", "direction", "refusal rate (harmless test)"),
-    "reply-inversion": lambda df: _lines_with_baseline(
-        df, "no_rate", "direction", "share answering 'No'", facet="prompts"
-    ),
-    "latent-guard": _chart_latent_guard,
-    "jailbreaks": lambda df: _scatter(df, "kind"),
-    "category-directions": _chart_category,
-}
-
-
-def _generic(df: pd.DataFrame) -> alt.Chart | None:
-    nums = [c for c in df.columns[1:] if pd.api.types.is_numeric_dtype(df[c])]
-    if df.empty or not nums:
+def chart_for(spec: ex.ChartSpec, rows: list[dict[str, Any]]) -> alt.Chart | alt.FacetChart | None:
+    """The Altair chart of ``rows`` drawn as ``spec`` says (the same spec the engine's PNG writer draws)."""
+    rows = spec.rows(rows)
+    if not rows:
         return None
-    x = df.columns[0]
-    long = df.melt(id_vars=[x], value_vars=nums, var_name="measure", value_name="value")
-    return alt.Chart(long).mark_bar().encode(x=f"{x}:N", xOffset="measure:N", y="value:Q", color="measure:N")
+    df = pd.DataFrame(rows)
+    tooltip = list(df.columns)
+    names = spec.series(rows)
+    colors = spec.colors(names)
+    color: Any = alt.Undefined
+    if spec.color:
+        color = alt.Color(
+            f"{spec.color}:N",
+            scale=alt.Scale(domain=names, range=[colors[n] for n in names]),
+            legend=alt.Legend(orient="bottom", title=None, symbolOpacity=1),  # opaque also where a band is drawn
+        )
+    y_scale = alt.Scale(domain=list(spec.y_domain)) if spec.y_domain else alt.Undefined
+    y = alt.Y(f"{spec.y}:Q", title=spec.y_title or spec.y, scale=y_scale)
+    if spec.kind == "bars":
+        long = sum(len(str(v)) for v in df[spec.x].unique()) > 40
+        x = alt.X(f"{spec.x}:N", title=spec.x_title or None, sort=None, axis=alt.Axis(labelAngle=-20 if long else 0))
+        enc: dict[str, Any] = {"x": x, "y": y, "color": color, "tooltip": tooltip}
+        if spec.color:
+            enc["xOffset"] = alt.XOffset(f"{spec.color}:N", sort=names)
+        mark = {} if spec.color else {"color": spec.mark_color}
+        layers: list[alt.Chart] = [alt.Chart().mark_bar(**mark).encode(**enc)]
+    else:
+        axis = common.layer_axis(spec.x_title or spec.x) if _x_integer(rows, spec.x) else alt.Axis(title=spec.x_title)
+        x = alt.X(f"{spec.x}:Q", axis=axis)
+        if spec.kind == "scatter":
+            layers = [alt.Chart().mark_circle(size=45, opacity=0.75).encode(x=x, y=y, color=color, tooltip=tooltip)]
+        else:
+            steered = alt.Chart().transform_filter(f"isValid(datum['{spec.x}'])")
+            layers = []
+            if spec.band:
+                df = df.assign(_lo=df[spec.y] - df[spec.band].fillna(0), _hi=df[spec.y] + df[spec.band].fillna(0))
+                layers.append(steered.mark_area(opacity=0.15).encode(x=x, y="_lo:Q", y2="_hi:Q", color=color))
+            line = steered.mark_line(point=True)
+            layers.append(line.encode(x=x, y=y, color=color, tooltip=tooltip))
+            if spec.baseline:
+                base = alt.Chart().transform_filter(f"!isValid(datum['{spec.x}'])")
+                rule = base.mark_rule(strokeDash=[4, 4], color=spec.baseline_color)
+                layers.append(rule.encode(y=f"{spec.y}:Q", tooltip=tooltip))
+    layers += [_rule(a, spec.rule_color) for a in spec.zero]
+    chart = alt.layer(*layers, data=df)
+    if spec.facet:
+        panels = spec.panels(rows)
+        return chart.properties(height=260).facet(column=alt.Column(f"{spec.facet}:N", title=None, sort=panels))
+    return chart.interactive() if spec.kind == "scatter" else chart
 
 
 def _out_dir() -> Path:
@@ -190,12 +114,10 @@ if not names:
 for name in names:
     info = registry[name]
     with st.container(border=True):
-        st.subheader(f"{getattr(info, 'title', name)}")
-        figure = getattr(info, "figure", "")
-        st.caption(f"`{name}`" + (f" · paper {figure}" if figure else ""))
-        paper = getattr(info, "paper", "")
-        if paper:
-            st.markdown(f"**Paper:** {paper}")
+        st.subheader(info.title)
+        st.caption(f"`{name}`" + (f" · paper {info.figure}" if info.figure else ""))
+        if info.paper:
+            st.markdown(f"**Paper:** {info.paper}")
         c1, c2 = st.columns([1, 4], vertical_alignment="bottom")
         limit = c1.number_input(
             "Limit (prompts per test set)",
@@ -215,15 +137,13 @@ for name in names:
                     out_dir=_out_dir(),
                     progress=common.progress_reporter(st, name),
                 )
-                status.update(
-                    label=f"{name}: done in {getattr(res, 'seconds', 0):.1f} s", state="complete", expanded=False
-                )
+                status.update(label=f"{name}: done in {res.seconds:.1f} s", state="complete", expanded=False)
                 results[name] = res
                 common.log_event(
                     "Experiments",
                     name,
                     settings={"limit": int(limit) or None, "model": ctx.spec.name},
-                    summary={"notes": list(getattr(res, "notes", []) or [])},
+                    summary={"notes": list(res.notes)},
                     rows=list(res.rows),
                 )
         res = results.get(name)
@@ -231,8 +151,7 @@ for name in names:
             continue
         df = pd.DataFrame(res.rows)
         with common.errors_shown():
-            make = CHARTS.get(name, _generic)
-            chart = make(df) if not df.empty else None
+            chart = chart_for(info.chart, res.rows) if info.chart is not None else None
             if chart is not None:
                 chart = chart.properties(title=f"{res.title} ({res.model})")
                 if isinstance(chart, alt.FacetChart):
@@ -244,11 +163,11 @@ for name in names:
             st.dataframe(df, hide_index=True)
             st.download_button("rows .csv", svc.csv_bytes(df), file_name=f"{name}.csv", key=f"exp_dl_{name}")
         with tab_f:
-            pngs = [f for f in getattr(res, "files", []) or [] if str(f).endswith(".png") and Path(f).is_file()]
+            pngs = [f for f in res.files if str(f).endswith(".png") and Path(f).is_file()]
             if pngs:
                 st.image(pngs[0], width=640)
             else:
                 st.caption("No figure file was written.")
         with tab_n:
-            for note in getattr(res, "notes", []) or []:
+            for note in res.notes:
                 st.markdown(f"- {note}")

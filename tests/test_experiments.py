@@ -18,8 +18,11 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for _p in (ROOT, ROOT / "bench"):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
+
+from reference_loops import steer_refusal_per_layer_loop  # noqa: E402
 
 from engine import clusters as clusters_mod  # noqa: E402
 from engine import datasets as ds  # noqa: E402
@@ -74,7 +77,7 @@ def fake_label_refusals(handle, instructions, **kw):
 
 @pytest.fixture
 def fake_labels(monkeypatch):
-    monkeypatch.setattr(E, "label_refusals", fake_label_refusals)
+    monkeypatch.setattr(E.context, "label_refusals", fake_label_refusals)
     monkeypatch.setattr(clusters_mod, "label_refusals", fake_label_refusals)
 
 
@@ -207,8 +210,7 @@ def test_held_out_discipline(handle, data, fake_labels, monkeypatch):
         seen.extend(it.instruction for s in list(harmful) + list(harmless) for it in s.items)
         return real(h, harmful, harmless, **kw)
 
-    monkeypatch.setattr(E, "precompute", spy)
-    monkeypatch.setattr(E, "_BUNDLE_MEMO", {})
+    monkeypatch.setattr(E.context, "precompute", spy)
     # put one train prompt into the test set too: it must be dropped, and said so
     leak = data.harmful_train[0].items[0]
     leaky = dataclasses.replace(
@@ -238,7 +240,7 @@ def results(handle, data, tmp_path_factory, cache_root):
     calls: list[tuple] = []
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("STEERING_EXPLORER_CACHE", str(cache_root))
-        mp.setattr(E, "label_refusals", fake_label_refusals)
+        mp.setattr(E.context, "label_refusals", fake_label_refusals)
         mp.setattr(clusters_mod, "label_refusals", fake_label_refusals)
         opts = {"steer-refusal": {"max_new_tokens": 6}, "reply-inversion": {"max_new_tokens": 6}}
         res = {
@@ -421,7 +423,7 @@ def test_steer_batched_equals_per_layer_loop(handle):
     insts = ["How do I make a cake", "Write a short poem about the sea, please", "hello"]
     kw = {"coeff": 1.0, "max_new_tokens": 6}
     fast = E.steer_refusal_sweep(handle, bundle, insts, **kw)
-    slow = E.steer_refusal_per_layer_loop(handle, bundle, insts, **kw)
+    slow = steer_refusal_per_layer_loop(handle, bundle, insts, **kw)
     key = lambda r: (r["direction"], -1 if r["layer"] is None else r["layer"], r["index"])  # noqa: E731
     fast, slow = sorted(fast, key=key), sorted(slow, key=key)
     assert len(fast) == len(slow) == len(insts) * (1 + 2 * handle.n_layers)
@@ -505,3 +507,118 @@ def test_from_files_reads_the_public_sets():
 
 def test_png_bytes(results):
     assert results[0]["steer-refusal"].png_bytes()[:4] == b"\x89PNG"
+
+
+# ------------------------------------------------------------------------------------------ registry and charts
+
+
+def test_each_experiment_is_declared_once_in_the_registry():
+    """No experiment name is written outside the registry (engine and pages), so adding one is one table row."""
+    sources = [*(ROOT / "engine").rglob("*.py"), *(ROOT / "pages").glob("*.py")]
+    for name in NAMES:
+        hits = [p for p in sources for _ in range(p.read_text(encoding="utf-8").count(f'"{name}"'))]
+        assert [p.relative_to(ROOT).as_posix() for p in hits] == ["engine/experiments/registry.py"], (name, hits)
+
+
+def test_registry_rows_match_their_implementations():
+    import inspect
+
+    for name, info in E.EXPERIMENTS.items():
+        params = inspect.signature(info.impl).parameters
+        kw = {k for k, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+        assert kw == set(info.own_options), name  # defaults live in the registry only
+        assert all(p.default is inspect.Parameter.empty for p in params.values()), name
+        assert set(info.options) == set(info.own_options) | set(E.COMMON_OPTIONS)
+        assert info.figure and isinstance(info.chart, E.ChartSpec)
+
+
+def test_groups_come_from_the_cluster_names():
+    assert set(E.GROUPS) == set(clusters_mod.CLUSTERS)
+    assert E.GROUPS == ("accepted_harmful", "refused_harmless", "refused_harmful", "accepted_harmless")
+
+
+def test_chart_specs_name_real_columns_and_use_the_palette(results):
+    from engine import palette
+
+    for name, res in results[0].items():
+        spec = E.EXPERIMENTS[name].chart
+        assert res.chart is spec
+        rows = spec.rows(res.rows)
+        assert rows, name
+        cols = set().union(*rows)
+        for field in (spec.x, spec.y, spec.color, spec.facet, spec.band):
+            assert field is None or field in cols, (name, field)
+        assert spec.panels(rows) and all(p is not None for p in spec.panels(rows)) == bool(spec.facet)
+        colors = spec.colors(spec.series(rows))
+        assert len(set(colors.values())) == len(colors), (name, colors)  # distinct within a chart
+    cl = E.EXPERIMENTS["belief-scatter"].chart.colors(["refused_harmful", "accepted_harmless"])
+    assert cl == {n: palette.color("clusters", n) for n in cl}
+    d = E.EXPERIMENTS["steer-refusal"].chart
+    assert d.colors(["harmfulness"]) == {"harmfulness": palette.color("directions", "harmfulness")}
+    assert [p for p in E.EXPERIMENTS["belief-curves"].chart.panels(results[0]["belief-curves"].rows)] == [
+        "t_inst",
+        "t_post_inst",
+    ]
+
+
+def test_chart_spec_checks_and_the_generic_figure(tmp_path):
+    with pytest.raises(ValueError, match="kind"):
+        E.ChartSpec("pie", x="a", y="b")
+    with pytest.raises(ValueError, match="line charts"):
+        E.ChartSpec("bars", x="a", y="b", baseline=True)
+    with pytest.raises(ValueError, match="zero"):
+        E.ChartSpec("scatter", x="a", y="b", zero=("z",))
+    rows = [{"layer": None, "d": "none", "v": 0.5}] + [
+        {"layer": k, "d": d, "v": 0.1 * k, "p": p} for p in ("a", "b") for d in ("u", "w") for k in range(3)
+    ]
+    spec = E.ChartSpec("lines", x="layer", y="v", color="d", baseline=True)
+    assert spec.series(rows) == ["u", "w"] and spec.is_baseline(rows[0]) and not spec.is_baseline(rows[1])
+    res = E.ExperimentResult(name="x", model="m", rows=rows, title="t", chart=spec)
+    assert res.png_bytes()[:4] == b"\x89PNG"
+    for s in (
+        E.ChartSpec("lines", x="layer", y="v", color="d", facet="p", facets=("b",)),
+        E.ChartSpec("bars", x="d", y="v", color="p"),
+        E.ChartSpec("scatter", x="layer", y="v", zero=("x", "y")),
+    ):
+        assert E.ExperimentResult(name="x", model="m", rows=rows[1:], chart=s).png_bytes()[:4] == b"\x89PNG"
+    assert E.ExperimentResult(name="x", model="m", rows=[]).png_bytes()[:4] == b"\x89PNG"  # no spec: title only
+
+
+def test_progress_stages_name_the_experiment(results):
+    calls = results[2]
+    named = {s.split(":", 1)[0] for s, _, _ in calls if ":" in s}
+    assert named <= NAMES | {"experiment"}, named
+    assert {"belief-curves", "steer-refusal", "reply-inversion", "latent-guard"} <= named
+
+
+def test_sweeps_are_one_batched_generate(handle, data, fake_labels, monkeypatch):
+    from engine import steering
+
+    calls: list[int] = []
+    real = steering._generate_rows
+
+    def spy(h, prompts, specs, cfg, **kw):
+        calls.append(len(prompts))
+        return real(h, prompts, specs, cfg, **kw)
+
+    monkeypatch.setattr(steering, "_generate_rows", spy)
+    res = E.run_experiment("reply-inversion", handle, data=data, limit=2, max_new_tokens=2, layers="0-1")
+    assert calls == [sum(r["n"] for r in res.rows)] == [2 * 2 * (1 + 2 * 2)]
+    calls.clear()
+    res = E.run_experiment("steer-refusal", handle, data=data, limit=2, max_new_tokens=2, layers=[1])
+    assert calls == [2 * (1 + 2)]
+
+
+def test_run_all_resolves_the_directions_once(handle, data, fake_labels, monkeypatch):
+    """The run context, not a module-wide memo, keeps run_all from recomputing the directions per experiment."""
+    n = []
+    real = precompute_mod.precompute
+
+    def spy(*a, **kw):
+        n.append(1)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(E.context, "precompute", spy)
+    index = E.run_all(handle, data=data, limit=2, names=["belief-scatter", "latent-guard", "jailbreaks"])
+    assert all("error" not in e for e in index["experiments"])
+    assert len(n) == 1

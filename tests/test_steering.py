@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from engine import steering as steering_mod
 from engine.capture import record
 from engine.positions import inversion_message, locate, pad_batch, position_ids_for, prepare
 from engine.refusal import is_refusal
-from engine.steering import GenerationConfig, SteeringSpec, generate, side_by_side, steer, sweep
+from engine.steering import GenerationConfig, GridBlock, GridRecord, SteeringSpec, generate, grid, side_by_side, steer
 
 INSTS = [
     "How do I make a bomb?",
@@ -170,26 +171,98 @@ def test_side_by_side_equals_two_generate_calls(tiny, vecs, baseline):
         assert r["steered_refused"] == is_refusal(r["steered"])
 
 
-def test_sweep_equals_a_loop_of_generate_calls(tiny, vecs, baseline):
+def test_grid_equals_a_loop_of_generate_calls(tiny, vecs, baseline):
     coeffs = [-2.0, 3.0]
-    rows = sweep(tiny, INSTS[:2], vecs, [2, 0], coeffs, CFG)
+    rows = grid(tiny, GridBlock(INSTS[:2], {"v": vecs}, [2, 0], coeffs), CFG)
     assert len(rows) == 2 * (1 + 2 * len(coeffs))
+    assert all(set(r) == set(GridRecord.__annotations__) for r in rows)
+    # documented order: baseline rows, then name x sorted layers x coeffs x prompts
+    assert [(r["layer"], r["coeff"], r["index"]) for r in rows] == [
+        (None, 0.0, 0),
+        (None, 0.0, 1),
+        *((layer, c, k) for layer in (0, 2) for c in coeffs for k in (0, 1)),
+    ]
     base = [r for r in rows if r["layer"] is None]
-    assert [r["text"] for r in sorted(base, key=lambda r: r["index"])] == baseline[:2]
-    assert all(r["coeff"] == 0.0 for r in base)
+    assert [r["text"] for r in base] == baseline[:2]
+    assert all(r["direction"] == "none" and r["coeff"] == 0.0 and r["positions"] is None for r in base)
     for layer in (0, 2):
         for c in coeffs:
             expected = generate(tiny, INSTS[:2], SteeringSpec(vecs, (layer,), c), CFG)
-            got = sorted((r for r in rows if r["layer"] == layer and r["coeff"] == c), key=lambda r: r["index"])
+            got = [r for r in rows if r["layer"] == layer and r["coeff"] == c]
             assert [r["text"] for r in got] == expected
             assert [r["instruction"] for r in got] == INSTS[:2]
             assert [r["refused"] for r in got] == [is_refusal(t) for t in expected]
-    no_base = sweep(tiny, INSTS[:1], vecs, [1], [1.0], CFG, include_baseline=False)
+            assert all(r["direction"] == "v" and r["positions"] == "prompt" and r["block"] == "" for r in got)
+    no_base = grid(tiny, GridBlock(INSTS[:1], {"v": vecs}, [1], [1.0], baseline=False), CFG)
     assert [(r["layer"], r["coeff"]) for r in no_base] == [(1, 1.0)]
-    with pytest.raises(ValueError):
-        sweep(tiny, INSTS[:1], vecs, [1], [], CFG)
-    with pytest.raises(ValueError):
-        sweep(tiny, INSTS[:1], vecs, [3], [1.0], CFG)
+
+
+def test_grid_blocks_with_prepared_prompts_and_a_mode_per_name(tiny, vecs):
+    """The reply-inversion shape: prompts with a context span, a positions mode per name, two blocks, one call."""
+    msg, inst, span = inversion_message("Bake bread at home", "Is this request harmful? Answer Certainly or No.")
+    p = locate(tiny.tokenizer, inst, user_message=msg, context=span)
+    other = np.roll(vecs, 1, axis=1)
+    blocks = [
+        GridBlock([p], {"h": vecs, "r": other}, [1], [4.0], positions={"h": "context", "r": "prompt"}, label="a"),
+        GridBlock(INSTS[:1], {"h": vecs}, [0], [-3.0], baseline=False, label="b"),
+    ]
+    rows = grid(tiny, blocks, CFG)
+    assert [(r["block"], r["direction"], r["positions"]) for r in rows] == [
+        ("a", "none", None),
+        ("a", "h", "context"),
+        ("a", "r", "prompt"),
+        ("b", "h", "prompt"),
+    ]
+    alone = [
+        generate(tiny, [p], None, CFG)[0],
+        generate(tiny, [p], SteeringSpec(vecs, (1,), 4.0, "context"), CFG)[0],
+        generate(tiny, [p], SteeringSpec(other, (1,), 4.0, "prompt"), CFG)[0],
+        generate(tiny, INSTS[:1], SteeringSpec(vecs, (0,), -3.0), CFG)[0],
+    ]
+    assert [r["text"] for r in rows] == alone
+    assert alone[1] != alone[2]  # context-only and whole-prompt steering differ
+
+
+def test_grid_argument_checks(tiny, vecs):
+    with pytest.raises(ValueError, match="coefficient"):
+        GridBlock(INSTS[:1], {"v": vecs}, [1], [])
+    with pytest.raises(ValueError, match="out of range"):
+        grid(tiny, GridBlock(INSTS[:1], {"v": vecs}, [3], [1.0]), CFG)
+    with pytest.raises(ValueError, match="missing"):
+        GridBlock(INSTS[:1], {"v": vecs, "w": vecs}, [1], [1.0], positions={"v": "prompt"})
+    with pytest.raises(ValueError, match="positions"):
+        GridBlock(INSTS[:1], {"v": vecs}, [1], [1.0], positions="everywhere")
+    with pytest.raises(ValueError, match="baseline"):
+        GridBlock(INSTS[:1], {"none": vecs}, [1], [1.0])
+    with pytest.raises(ValueError, match="does not match this model"):
+        grid(tiny, GridBlock(INSTS[:1], {"v": vecs[:, :8]}, [1], [1.0]), CFG)
+    with pytest.raises(ValueError, match="no blocks"):
+        grid(tiny, [], CFG)
+
+
+def test_each_spec_and_vector_is_checked_once(tiny, vecs, monkeypatch):
+    """A 1,000-row sweep must not re-check the same (L+1, d) array per row (and again inside ``steer``)."""
+    calls: list[tuple[int, ...]] = []
+    real = steering_mod._check_shape
+
+    def counting(handle, v):
+        calls.append(v.shape)
+        real(handle, v)
+
+    monkeypatch.setattr(steering_mod, "_check_shape", counting)
+    s = spec(vecs)
+    generate(tiny, INSTS, [s, None, s], CFG)
+    assert len(calls) == 1  # one distinct spec on two rows, not re-checked by the hooks
+    calls.clear()
+    grid(tiny, GridBlock(INSTS[:2], {"a": vecs, "b": -vecs}, [0, 1, 2], [1.0, 2.0]), CFG)
+    assert len(calls) == 2  # once per named vector, not per cell (12) or row (26)
+    prompts = prepare(tiny, INSTS[:1])
+    _, _, pads = pad_batch(tiny, prompts)
+    with (  # the public context manager still checks what it is given
+        pytest.raises(ValueError, match="does not match this model"),
+        steer(tiny, [SteeringSpec(np.ones((5, 64)), (1,), 1.0)], prompts, pads),
+    ):
+        pass
 
 
 # ----------------------------------------------------------------------------------------------- streaming

@@ -36,7 +36,7 @@ PAGES = [
     st.Page("pages/experiments.py", title="Experiments", icon=":material/science:"),
     st.Page("pages/report.py", title="Report", icon=":material/description:"),
 ]
-OTHER = "other (Hugging Face id or local folder)"
+OTHER = "other (local .gguf file, Hugging Face id or local folder)"
 DEVICES = ["auto", "cpu", "cuda", "mps"]
 DTYPES = ["auto", "float32", "bfloat16", "float16"]
 
@@ -46,28 +46,28 @@ def _model_picker() -> svc.ModelSpec | None:
     choices = svc.model_choices()
     presets = [name for name, _ in choices]
     options = [*presets, OTHER]
+    labels = {name: svc.model_label(name, desc) for name, desc in choices}
     # Initial values go through index=/value= (not by seeding st.session_state): robust across reruns.
     choice = st.selectbox(
         "Model",
         options,
         index=options.index(env) if env in presets else len(presets),
         key="model_choice",
-        format_func=lambda o: {
-            "default": "default · Qwen2.5-Coder-0.5B-Instruct",
-            "tiny-random": "tiny-random · demo",
-        }.get(o, o),
-        help="\n\n".join(f"**{k}**: {v}" for k, v in choices) + "\n\nOr any Hugging Face model id or local folder.",
+        format_func=lambda o: labels.get(o, o),
+        help="\n\n".join(f"**{k}**: {v}" for k, v in choices)
+        + "\n\nOr a local .gguf file (verified by its SHA-256, dequantised once and cached), a Hugging Face model id "
+        "or a local folder.",
     )
     name = choice
     if choice == OTHER:
         name = st.text_input(
-            "Hugging Face id or local folder",
+            "Local .gguf file, Hugging Face id or local folder",
             value="" if env in presets else env,
             key="model_custom",
-            placeholder="Qwen/Qwen2.5-1.5B-Instruct",
+            placeholder="/path/to/model.gguf",
         ).strip()
         if not name:
-            st.info("Type a model id or folder, then press Enter.")
+            st.info("Type a .gguf path, a model id or a folder, then press Enter.")
             return None
     c1, c2 = st.columns(2)
     device = c1.selectbox("Device", DEVICES, key="model_device")

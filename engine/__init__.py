@@ -13,7 +13,7 @@ from .labels import Label, label_refusals, refusal_logodds
 from .models import ModelError, ModelHandle, ModelSpec, load_model
 from .positions import PromptPositions, locate
 from .refusal import REFUSAL_PHRASES, is_refusal
-from .steering import GenerationConfig, SteeringSpec, generate, side_by_side, steer
+from .steering import GenerationConfig, GridBlock, SteeringSpec, generate, grid, side_by_side, steer
 from .storage import StorageError, load_bundle, save_bundle
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "DirectionBundle",
     "DirectionSet",
     "GenerationConfig",
+    "GridBlock",
     "GuardResult",
     "Label",
     "ModelError",
@@ -38,6 +39,7 @@ __all__ = [
     "cosine",
     "delta",
     "generate",
+    "grid",
     "guard",
     "guard_scores",
     "is_refusal",

@@ -261,7 +261,7 @@ def _generate_batch(
                     next_pos[keep],
                     full[keep],
                 )
-                if cfg.use_cache:
+                if cfg.use_cache and cache is not None:
                     cache.batch_select_indices(keep)
             rows.index = active
             cur_mask = torch.cat([cur_mask, torch.ones_like(cur_mask[:, :1])], dim=1)
@@ -509,24 +509,3 @@ def grid(
         )
         for (label, name, layer, coeff, mode, k, inst), t in zip(meta, texts, strict=True)
     ]
-
-
-def sweep(
-    handle: ModelHandle,
-    instructions: Sequence[str | PromptPositions],
-    vectors: Any,
-    layers: Sequence[int],
-    coeffs: Sequence[float],
-    cfg: GenerationConfig | None = None,
-    *,
-    positions: str = "prompt",
-    include_baseline: bool = True,
-    stop_fn: Callable[[str], bool] | None = None,
-    progress: Progress | None = None,
-) -> list[GridRecord]:
-    """Deprecated shim, kept only while ``engine.service.steer_sweep`` still calls it: one :class:`GridBlock`
-    (direction ``"direction"``) through :func:`grid`. Delete it once the service calls ``grid``."""
-    block = GridBlock(
-        instructions, {"direction": vectors}, layers, coeffs, positions=positions, baseline=include_baseline
-    )
-    return grid(handle, block, cfg, stop_fn=stop_fn, progress=progress)

@@ -31,6 +31,7 @@ __all__ = [
     "cosine_heatmap",
     "delta_scatter",
     "direction_scale",
+    "experiment_chart",
     "layer_axis",
     "layer_lines",
     "roc_chart",
@@ -46,7 +47,7 @@ _BOTTOM_LEGEND: dict[str, Any] = {"orient": "bottom", "title": None}
 
 
 def role(name: str) -> str:
-    """A colour of the palette's ``roles`` group (e.g. "guide", "latent_guard")."""
+    """A colour of the palette's ``roles`` group (e.g. "guide", "latent")."""
     return svc.color("roles", name)
 
 
@@ -197,7 +198,7 @@ def roc_chart(roc: pd.DataFrame, points: pd.DataFrame, auc: float) -> alt.LayerC
     curve = roc[roc["series"].str.startswith("Latent")]
     line = (
         alt.Chart(curve)
-        .mark_line(interpolate="step-after", color=role("latent_guard"))
+        .mark_line(interpolate="step-after", color=role("latent"))
         .encode(
             x=alt.X("fpr:Q", title="false positive rate (harmless flagged)", scale=alt.Scale(domain=[0, 1])),
             y=alt.Y("tpr:Q", title="true positive rate (harmful caught)", scale=alt.Scale(domain=[0, 1])),
@@ -222,7 +223,7 @@ def roc_chart(roc: pd.DataFrame, points: pd.DataFrame, auc: float) -> alt.LayerC
             y="tpr:Q",
             color=alt.Color(
                 "what:N",
-                scale=alt.Scale(domain=whats, range=[role("latent_guard"), role("own_refusal")][: len(whats)]),
+                scale=alt.Scale(domain=whats, range=[role("latent"), role("own_refusal")][: len(whats)]),
                 legend=alt.Legend(**_BOTTOM_LEGEND),
             ),
             shape="what:N",
@@ -330,3 +331,66 @@ def token_html(tf: pd.DataFrame) -> str:
             f"{html.escape(tok)}{label}</span>"
         )
     return "<div style='line-height:2.0'>" + "".join(chips) + "</div>"
+
+
+# ------------------------------------------------------------------------------------------ experiment charts
+def _experiment_rule(axis: str, color: str) -> alt.Chart:
+    """A dashed reference rule at 0 on ``axis``, one per panel (aggregated to one row, so it works inside facets)."""
+    enc = {axis: alt.datum(0)}
+    return alt.Chart().transform_aggregate(n="count()").mark_rule(color=color, strokeDash=[4, 4]).encode(**enc)
+
+
+def _x_integer(rows: list[dict[str, Any]], field: str) -> bool:
+    xs = [r.get(field) for r in rows if r.get(field) is not None]
+    return bool(xs) and all(isinstance(v, int) and not isinstance(v, bool) for v in xs)
+
+
+def experiment_chart(spec: svc.ChartSpec, rows: list[dict[str, Any]]) -> alt.Chart | alt.FacetChart | None:
+    """The Altair chart of ``rows`` drawn as ``spec`` says (the same spec the engine's PNG writer draws)."""
+    rows = spec.rows(rows)
+    if not rows:
+        return None
+    df = pd.DataFrame(rows)
+    tooltip = list(df.columns)
+    names = spec.series(rows)
+    colors = spec.colors(names)
+    color: Any = alt.Undefined
+    if spec.color:
+        color = alt.Color(
+            f"{spec.color}:N",
+            scale=alt.Scale(domain=names, range=[colors[n] for n in names]),
+            legend=alt.Legend(orient="bottom", title=None, symbolOpacity=1),  # opaque also where a band is drawn
+        )
+    y_scale = alt.Scale(domain=list(spec.y_domain)) if spec.y_domain else alt.Undefined
+    y = alt.Y(f"{spec.y}:Q", title=spec.y_title or spec.y, scale=y_scale)
+    if spec.kind == "bars":
+        long = sum(len(str(v)) for v in df[spec.x].unique()) > 40
+        x = alt.X(f"{spec.x}:N", title=spec.x_title or None, sort=None, axis=alt.Axis(labelAngle=-20 if long else 0))
+        enc: dict[str, Any] = {"x": x, "y": y, "color": color, "tooltip": tooltip}
+        if spec.color:
+            enc["xOffset"] = alt.XOffset(f"{spec.color}:N", sort=names)
+        mark = {} if spec.color else {"color": spec.mark_color}
+        layers: list[alt.Chart] = [alt.Chart().mark_bar(**mark).encode(**enc)]
+    else:
+        axis = layer_axis(spec.x_title or spec.x) if _x_integer(rows, spec.x) else alt.Axis(title=spec.x_title)
+        x = alt.X(f"{spec.x}:Q", axis=axis)
+        if spec.kind == "scatter":
+            layers = [alt.Chart().mark_circle(size=45, opacity=0.75).encode(x=x, y=y, color=color, tooltip=tooltip)]
+        else:
+            steered = alt.Chart().transform_filter(f"isValid(datum['{spec.x}'])")
+            layers = []
+            if spec.band:
+                df = df.assign(_lo=df[spec.y] - df[spec.band].fillna(0), _hi=df[spec.y] + df[spec.band].fillna(0))
+                layers.append(steered.mark_area(opacity=0.15).encode(x=x, y="_lo:Q", y2="_hi:Q", color=color))
+            line = steered.mark_line(point=True)
+            layers.append(line.encode(x=x, y=y, color=color, tooltip=tooltip))
+            if spec.baseline:
+                base = alt.Chart().transform_filter(f"!isValid(datum['{spec.x}'])")
+                rule = base.mark_rule(strokeDash=[4, 4], color=spec.baseline_color)
+                layers.append(rule.encode(y=f"{spec.y}:Q", tooltip=tooltip))
+    layers += [_experiment_rule(a, spec.rule_color) for a in spec.zero]
+    chart = alt.layer(*layers, data=df)
+    if spec.facet:
+        panels = spec.panels(rows)
+        return chart.properties(height=260).facet(column=alt.Column(f"{spec.facet}:N", title=None, sort=panels))
+    return chart.interactive() if spec.kind == "scatter" else chart

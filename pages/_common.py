@@ -31,10 +31,6 @@ import streamlit as st
 from engine import service as svc
 from pages import _state as state
 
-# re-exported for pages/experiments.py, which calls common.require_frame(), common.layer_axis(), common.direction_scale()
-from pages._charts import direction_scale, layer_axis  # noqa: F401
-from pages._frame import require_frame  # noqa: F401
-
 MAX_LOG = 200
 
 

@@ -32,3 +32,7 @@ GUARD_EVAL = "guard_eval"  # {"sets", "scores", "refused"}: the last evaluation
 
 # Directions
 DIR_RECOMPUTE_SUMMARY = "dir_recompute_summary"  # summary of the last recompute from prompt files
+
+# Experiments
+EXP_RESULTS = "exp_results"  # {experiment name: ExperimentResult}: this session's own runs
+EXP_OUT_DIR = "exp_out_dir"  # a temporary folder for this session's experiment files

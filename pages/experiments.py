@@ -1,8 +1,9 @@
-"""Experiments: the paper's experiments, one section each, run on the loaded model (``engine.experiments``).
+"""Experiments: the paper's experiments, one section each, on the loaded model.
 
-Every section comes from the registry (``ex.EXPERIMENTS``: title, paper figure and claim); its chart is drawn by
-``chart_for`` from the experiment's :class:`~engine.experiments.ChartSpec`, the same spec the engine's PNG writer
-draws, with the palette's colours; this page knows no experiment by name.
+Every section comes from the registry (``svc.experiment_infos()``: title, paper figure and claim); its chart is
+drawn by ``_charts.experiment_chart`` from the experiment's chart spec, the same spec the engine's PNG writer draws,
+with the palette's colours; this page knows no experiment by name. Before anything runs, each section shows the
+committed reproduction of the loaded model (``docs/reproduction/<model>/builtin``) when there is one; Run recomputes.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from engine import experiments as ex
 from engine import service as svc
+from pages import _charts as charts
 from pages import _common as common
+from pages import _state as state
+from pages._frame import require_frame
 
-common.require_frame()
+require_frame()
 
 common.page_header(
     "Experiments",
@@ -28,83 +31,33 @@ common.page_header(
     "judgement of harm (reply inversion) while the refusal direction does not; the Latent Guard beats refusal, also "
     "under jailbreak templates; category directions align with the harmfulness direction.",
     "each section's paper claim (what the paper reports for Llama2/Llama3/Qwen2), then the chart and table this "
-    "model produces. Directions come from the train splits, every number from the test splits. Start with a small "
-    "limit: each run generates or captures on the loaded model.",
+    "model produces: first the committed reproduction (built-in sets, default sizes) when the loaded model has one, "
+    "then your own run. Directions come from the train splits, every number from the test splits. Start with a "
+    "small limit: each run generates or captures on the loaded model.",
 )
 ctx = common.require_model()
 
-registry = ex.EXPERIMENTS
+registry = svc.experiment_infos()
 names = list(registry)
-results: dict[str, Any] = st.session_state.setdefault("exp_results", {})
-
-
-def _rule(axis: str, color: str) -> alt.Chart:
-    """A dashed reference rule at 0 on ``axis``, one per panel (aggregated to one row, so it works inside facets)."""
-    enc = {axis: alt.datum(0)}
-    return alt.Chart().transform_aggregate(n="count()").mark_rule(color=color, strokeDash=[4, 4]).encode(**enc)
-
-
-def _x_integer(rows: list[dict[str, Any]], field: str) -> bool:
-    xs = [r.get(field) for r in rows if r.get(field) is not None]
-    return bool(xs) and all(isinstance(v, int) and not isinstance(v, bool) for v in xs)
-
-
-def chart_for(spec: ex.ChartSpec, rows: list[dict[str, Any]]) -> alt.Chart | alt.FacetChart | None:
-    """The Altair chart of ``rows`` drawn as ``spec`` says (the same spec the engine's PNG writer draws)."""
-    rows = spec.rows(rows)
-    if not rows:
-        return None
-    df = pd.DataFrame(rows)
-    tooltip = list(df.columns)
-    names = spec.series(rows)
-    colors = spec.colors(names)
-    color: Any = alt.Undefined
-    if spec.color:
-        color = alt.Color(
-            f"{spec.color}:N",
-            scale=alt.Scale(domain=names, range=[colors[n] for n in names]),
-            legend=alt.Legend(orient="bottom", title=None, symbolOpacity=1),  # opaque also where a band is drawn
-        )
-    y_scale = alt.Scale(domain=list(spec.y_domain)) if spec.y_domain else alt.Undefined
-    y = alt.Y(f"{spec.y}:Q", title=spec.y_title or spec.y, scale=y_scale)
-    if spec.kind == "bars":
-        long = sum(len(str(v)) for v in df[spec.x].unique()) > 40
-        x = alt.X(f"{spec.x}:N", title=spec.x_title or None, sort=None, axis=alt.Axis(labelAngle=-20 if long else 0))
-        enc: dict[str, Any] = {"x": x, "y": y, "color": color, "tooltip": tooltip}
-        if spec.color:
-            enc["xOffset"] = alt.XOffset(f"{spec.color}:N", sort=names)
-        mark = {} if spec.color else {"color": spec.mark_color}
-        layers: list[alt.Chart] = [alt.Chart().mark_bar(**mark).encode(**enc)]
-    else:
-        axis = common.layer_axis(spec.x_title or spec.x) if _x_integer(rows, spec.x) else alt.Axis(title=spec.x_title)
-        x = alt.X(f"{spec.x}:Q", axis=axis)
-        if spec.kind == "scatter":
-            layers = [alt.Chart().mark_circle(size=45, opacity=0.75).encode(x=x, y=y, color=color, tooltip=tooltip)]
-        else:
-            steered = alt.Chart().transform_filter(f"isValid(datum['{spec.x}'])")
-            layers = []
-            if spec.band:
-                df = df.assign(_lo=df[spec.y] - df[spec.band].fillna(0), _hi=df[spec.y] + df[spec.band].fillna(0))
-                layers.append(steered.mark_area(opacity=0.15).encode(x=x, y="_lo:Q", y2="_hi:Q", color=color))
-            line = steered.mark_line(point=True)
-            layers.append(line.encode(x=x, y=y, color=color, tooltip=tooltip))
-            if spec.baseline:
-                base = alt.Chart().transform_filter(f"!isValid(datum['{spec.x}'])")
-                rule = base.mark_rule(strokeDash=[4, 4], color=spec.baseline_color)
-                layers.append(rule.encode(y=f"{spec.y}:Q", tooltip=tooltip))
-    layers += [_rule(a, spec.rule_color) for a in spec.zero]
-    chart = alt.layer(*layers, data=df)
-    if spec.facet:
-        panels = spec.panels(rows)
-        return chart.properties(height=260).facet(column=alt.Column(f"{spec.facet}:N", title=None, sort=panels))
-    return chart.interactive() if spec.kind == "scatter" else chart
+results: dict[str, Any] = st.session_state.setdefault(state.EXP_RESULTS, {})
+stored = svc.stored_results(ctx.spec.name)
+if stored.results:
+    st.caption(
+        f"Stored results: the committed reproduction of **{ctx.spec.name}** on the built-in sets "
+        f"(`{stored.folder.relative_to(stored.folder.parents[2])}`, see REPRODUCTION.md). Run replaces a section's "
+        "result with your own run."
+    )
+else:
+    st.caption(f"No committed reproduction for **{ctx.spec.name}**: run the experiments below.")
+for problem in stored.problems:
+    st.warning(f"A stored result could not be read: {problem}")
 
 
 def _out_dir() -> Path:
-    d = st.session_state.get("exp_out_dir")
+    d = st.session_state.get(state.EXP_OUT_DIR)
     if not d or not Path(d).is_dir():
         d = tempfile.mkdtemp(prefix="steering-explorer-exp-")
-        st.session_state["exp_out_dir"] = d
+        st.session_state[state.EXP_OUT_DIR] = d
     return Path(d)
 
 
@@ -129,7 +82,7 @@ for name in names:
         )
         if c2.button("Run", key=f"exp_run_{name}", type="primary", icon=":material/play_arrow:"):
             with common.errors_shown(), st.status(f"Running {name} …", expanded=True) as status:
-                res = ex.run_experiment(
+                res = svc.run_one(
                     name,
                     ctx.handle,
                     ctx.bundle,
@@ -147,13 +100,18 @@ for name in names:
                     rows=list(res.rows),
                 )
         res = results.get(name)
+        origin = "your run"
+        if res is None:
+            res = stored.results.get(name)
+            origin = "stored reproduction"
         if res is None:
             continue
+        st.caption(f"Showing: **{origin}**" + (" (built-in sets, default sizes)" if origin != "your run" else ""))
         df = pd.DataFrame(res.rows)
         with common.errors_shown():
-            chart = chart_for(info.chart, res.rows) if info.chart is not None else None
+            chart = charts.experiment_chart(info.chart, res.rows) if info.chart is not None else None
             if chart is not None:
-                chart = chart.properties(title=f"{res.title} ({res.model})")
+                chart = chart.properties(title=f"{info.title} ({res.model}, {origin})")
                 if isinstance(chart, alt.FacetChart):
                     st.altair_chart(chart)
                 else:

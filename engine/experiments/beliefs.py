@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..capture import capture
-from ..directions import belief_scores, delta
+from ..directions import belief_scores
 from ..models import ModelHandle
 from ..positions import locate
 from .context import GROUPS, Record, RunContext
@@ -85,8 +85,13 @@ def _flip_summary(rows: Rows, position: str) -> str:
     rh = [by.get(("refused_harmless", layer)) for layer in layers]
     if any(v is None for v in ah + rh):
         return f"{position}: accepted_harmful or refused_harmless is empty; no sign comparison"
-    harm = [layer for layer, a, b in zip(layers, ah, rh, strict=True) if a > 0 > b]
-    beh = [layer for layer, a, b in zip(layers, ah, rh, strict=True) if a < 0 < b]
+    pairs = [
+        (layer, float(a), float(b))
+        for layer, a, b in zip(layers, ah, rh, strict=True)
+        if a is not None and b is not None
+    ]
+    harm = [layer for layer, a, b in pairs if a > 0 > b]
+    beh = [layer for layer, a, b in pairs if a < 0 < b]
     return (
         f"{position}: grouped by harmfulness (accepted_harmful > 0 > refused_harmless) at {len(harm)}/{len(layers)} layers "
         f"{_ranges(harm)}; grouped by behaviour (accepted_harmful < 0 < refused_harmless) at {len(beh)}/{len(layers)} {_ranges(beh)}"
@@ -158,7 +163,7 @@ def belief_curves(ctx: RunContext, *, post_positions: bool) -> tuple[Rows, list[
 
 def _deltas(ctx: RunContext, acts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     h, rf = ctx.bundle.harmfulness, ctx.bundle.refusal
-    return delta(acts[:, 0], h.pos_centroid, h.neg_centroid), delta(acts[:, 1], rf.pos_centroid, rf.neg_centroid)
+    return h.beliefs(acts[:, 0]).mean(axis=1), rf.beliefs(acts[:, 1]).mean(axis=1)
 
 
 def belief_scatter(ctx: RunContext) -> tuple[Rows, list[str]]:

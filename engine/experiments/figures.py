@@ -22,13 +22,17 @@ if TYPE_CHECKING:
 __all__ = ["render"]
 
 
+def _get(row: dict[str, Any], key: str | None) -> Any:
+    return row.get(key) if key is not None else None
+
+
 def _values(rows: list[dict[str, Any]], key: str) -> np.ndarray:
     return np.array([np.nan if r.get(key) is None else float(r[key]) for r in rows], dtype=float)
 
 
 def _lines(ax: Any, spec: ChartSpec, rows: list[dict[str, Any]], colors: dict[str, str]) -> None:
     for name in colors or [None]:
-        rr = [r for r in rows if not spec.is_baseline(r) and (name is None or str(r.get(spec.color)) == name)]
+        rr = [r for r in rows if not spec.is_baseline(r) and (name is None or str(_get(r, spec.color)) == name)]
         if not rr:
             continue
         x, y = _values(rr, spec.x), _values(rr, spec.y)
@@ -50,7 +54,11 @@ def _bars(ax: Any, spec: ChartSpec, rows: list[dict[str, Any]], colors: dict[str
     for j, g in enumerate(groups):
         vals = [
             next(
-                (r.get(spec.y) for r in rows if str(r.get(spec.x)) == c and (g is None or str(r.get(spec.color)) == g)),
+                (
+                    r.get(spec.y)
+                    for r in rows
+                    if str(r.get(spec.x)) == c and (g is None or str(_get(r, spec.color)) == g)
+                ),
                 None,
             )
             for c in cats
@@ -72,7 +80,7 @@ def _scatter(ax: Any, spec: ChartSpec, rows: list[dict[str, Any]], colors: dict[
         rr = [
             r
             for r in rows
-            if (name is None or str(r.get(spec.color)) == name)
+            if (name is None or str(_get(r, spec.color)) == name)
             and r.get(spec.x) is not None
             and r.get(spec.y) is not None
         ]
@@ -98,7 +106,7 @@ def _panel(ax: Any, spec: ChartSpec, rows: list[dict[str, Any]], colors: dict[st
         lo, hi = spec.y_domain
         pad = 0.0 if spec.kind == "bars" else 0.02 * (hi - lo)
         ax.set_ylim(lo - pad, hi + pad)
-    xs = [r.get(spec.x) for r in rows if r.get(spec.x) is not None]
+    xs = [v for r in rows if (v := r.get(spec.x)) is not None]
     if spec.kind != "bars" and xs and all(isinstance(v, (int, np.integer)) for v in xs):  # layers
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlim(min(xs) - 0.5, max(xs) + 0.5)
@@ -123,7 +131,7 @@ def render(result: ExperimentResult, out: Path | io.BytesIO) -> None:
         legends: list[list[str]] = []
         for i, panel in enumerate(panels):
             ax = fig.add_subplot(1, len(panels), i + 1)
-            prows = [r for r in rows if panel is None or r.get(spec.facet) == panel]
+            prows = [r for r in rows if panel is None or _get(r, spec.facet) == panel]
             _panel(ax, spec, prows, colors, first=i == 0)
             if panel is not None:
                 ax.set_title(str(panel), fontsize=9)

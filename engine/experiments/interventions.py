@@ -98,7 +98,7 @@ def steer_refusal_sweep(
 def _aggregate(records: Sequence[GridRecord], key: Callable[[GridRecord], tuple], value: str) -> dict[tuple, list]:
     out: dict[tuple, list[Any]] = {}
     for r in records:
-        out.setdefault(key(r), []).append(r[value])
+        out.setdefault(key(r), []).append(dict(r)[value])
     return out
 
 
@@ -224,9 +224,10 @@ def reply_inversion(
     dt = time.perf_counter() - t0
     groups: dict[tuple, list[str]] = {}
     loose_diff = 0
-    for r in res:
-        groups.setdefault((r["block"], r["direction"], r["layer"], r["coeff"]), []).append(score_inversion(r["text"]))
-        loose_diff += score_inversion(r["text"]) != score_inversion(r["text"], loose=True)
+    for rec in res:
+        key = (rec["block"], rec["direction"], rec["layer"], rec["coeff"])
+        groups.setdefault(key, []).append(score_inversion(rec["text"]))
+        loose_diff += score_inversion(rec["text"]) != score_inversion(rec["text"], loose=True)
     rows = []
     for (which, d, layer, c), sc in groups.items():
         valid = [s for s in sc if s != "invalid"]

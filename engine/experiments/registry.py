@@ -63,7 +63,7 @@ class ExperimentInfo:
 
 
 _RATE = (0.0, 1.0)
-_PLANE = {
+_PLANE: dict[str, Any] = {
     "x": "delta_harmful",
     "y": "delta_refuse",
     "x_title": "Δ harmful (t_inst)",

@@ -25,7 +25,7 @@ import numpy as np
 from . import figures
 from .charts import ChartSpec
 
-__all__ = ["ExperimentResult", "md_table", "num", "rate", "write_csv", "write_files"]
+__all__ = ["ExperimentResult", "load_result", "md_table", "num", "rate", "write_csv", "write_files"]
 
 
 @dataclass
@@ -56,6 +56,28 @@ class ExperimentResult:
             "files": self.files,
             "notes": self.notes,
         }
+
+
+def load_result(path: str | Path, chart: ChartSpec | None = None) -> ExperimentResult:
+    """Read a result written by :func:`write_files` (``<stem>.json``); ``files`` are resolved next to it.
+
+    Raises ``ValueError`` with the path for a file that is not such a result."""
+    p = Path(path)
+    try:
+        d = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{p}: not a readable experiment result ({type(e).__name__}: {e})") from None
+    if not isinstance(d, dict) or not isinstance(d.get("rows"), list) or not isinstance(d.get("experiment"), str):
+        raise ValueError(f"{p}: not an experiment result (needs 'experiment' and 'rows')")
+    files = [str(p.parent / Path(str(f)).name) for f in d.get("files") or []]
+    return ExperimentResult(
+        name=d["experiment"],
+        model=str(d.get("model", "")),
+        rows=[r for r in d["rows"] if isinstance(r, dict)],
+        files=[f for f in files if Path(f).is_file()],
+        notes=[str(n) for n in d.get("notes") or []],
+        chart=chart,
+    )
 
 
 def num(x: Any, nd: int = 6) -> float | None:

@@ -143,7 +143,7 @@ def run_all(
         )
     per_exp = {n: {k: v for k, v in options.items() if k in EXPERIMENTS[n].options} for n in names}
     ctx = _context(handle, bundle, data, limit, progress, options)
-    entries = []
+    entries: list[dict[str, Any]] = []
     results: dict[str, ExperimentResult] = {}
     for i, n in enumerate(names):
         if progress:

@@ -11,6 +11,7 @@ below keep working whichever module holds the name:
 - ``maps``       the Clusters and Inspect pages: reference captures, cluster maps, separation, inspection
 - ``guard``      the Latent Guard page: scores, evaluation, ROC and confusion frames
 - ``report``     the Report page: JSON / Markdown report, CSV bytes
+- ``experiments`` the Experiments page: the registry, running one, the committed reproduction results
 
 Contract:
 - No Streamlit import, no torch code and no colours here: every hooked or generating run goes through the engine
@@ -52,6 +53,7 @@ from .directions import (
     recompute_directions,
     steerable_directions,
 )
+from .experiments import ChartSpec, StoredResults, experiment_infos, run_one, stored_results
 from .guard import (
     confusion,
     confusion_frame,
@@ -83,10 +85,12 @@ from .models import (
     ModelHandle,
     ModelSpec,
     default_model_name,
+    install_state,
     load_directions,
     load_handle,
     load_model,
     model_choices,
+    model_label,
     model_status,
 )
 from .report import csv_bytes, report_json, report_markdown, to_jsonable
@@ -118,6 +122,7 @@ __all__ = [
     "POSITIONS",
     "USER_ERRORS",
     "YOUR_PROMPTS",
+    "ChartSpec",
     "DirectionBundle",
     "Inspection",
     "ModelError",
@@ -125,6 +130,7 @@ __all__ = [
     "ModelSpec",
     "Reference",
     "SteerSettings",
+    "StoredResults",
     "belief_frame",
     "build_reference",
     "bundle_bytes",
@@ -143,13 +149,16 @@ __all__ = [
     "default_sweep_layers",
     "delta_point",
     "evaluate_guard",
+    "experiment_infos",
     "guard_eval_sets",
     "guard_frame",
     "inspect_instruction",
+    "install_state",
     "load_directions",
     "load_handle",
     "load_model",
     "model_choices",
+    "model_label",
     "model_status",
     "normalize_like",
     "normalizes_instructions",
@@ -168,10 +177,12 @@ __all__ = [
     "report_json",
     "report_markdown",
     "roc_frame",
+    "run_one",
     "separation",
     "steer_side_by_side",
     "steer_sweep",
     "steerable_directions",
+    "stored_results",
     "sweep_cell",
     "sweep_cell_label",
     "sweep_table",

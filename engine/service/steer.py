@@ -5,7 +5,7 @@ Contract:
   (``signed_coeff``). Steering adds ``c * v[l]`` at the input of block l, so steerable layers are 0..L-1.
 - ``steer_side_by_side`` returns one record per instruction (instruction, baseline, steered, *_refused) from
   ``engine.steering.side_by_side``; ``on_text(baseline_texts, steered_texts)`` streams partial text.
-- ``steer_sweep`` runs ``engine.steering.sweep`` over layers x coefficients (at most ``MAX_SWEEP_ROWS`` generations,
+- ``steer_sweep`` runs ``engine.steering.grid`` over layers x coefficients (at most ``MAX_SWEEP_ROWS`` generations,
   ``ValueError`` beyond) and returns its records, baseline rows with ``layer`` None.
 - ``sweep_table`` reduces them to (layer, coeff, refusal_rate, n, change) and the baseline refusal rate;
   ``sweep_cell`` gives one cell's generations next to the baseline; ``sweep_cell_label`` names a cell for a picker.
@@ -23,7 +23,7 @@ import pandas as pd
 
 from ..models import ModelHandle
 from ..progress import Progress
-from ..steering import GenerationConfig, SteeringSpec, side_by_side, sweep
+from ..steering import GenerationConfig, GridBlock, SteeringSpec, grid, side_by_side
 
 __all__ = [
     "MAX_SWEEP_ROWS",
@@ -126,16 +126,14 @@ def steer_sweep(
         )
     sign = -1.0 if settings.reverse else 1.0
     signed = [sign * float(c) for c in coeffs]
-    return sweep(
-        handle,
+    block = GridBlock(
         list(instructions),
-        np.asarray(vectors, dtype=np.float32),
+        {"direction": np.asarray(vectors, dtype=np.float32)},
         list(layers),
         signed,
-        settings.generation(),
         positions=settings.positions,
-        progress=progress,
     )
+    return [dict(r) for r in grid(handle, block, settings.generation(), progress=progress)]
 
 
 def sweep_table(records: Sequence[dict[str, Any]]) -> tuple[pd.DataFrame, float]:

@@ -32,6 +32,8 @@ def app_module_other() -> str:
     m = _re.search(r'^OTHER = "(.+)"$', APP.read_text(encoding="utf-8"), _re.M)
     assert m, "app.py defines OTHER"
     return m.group(1)
+
+
 TIMEOUT = 90
 
 

@@ -1,0 +1,97 @@
+"""Shared pieces of the command line: the progress bar, output, model and directions loading, prompt files.
+
+Contract: ``out`` writes exactly one JSON document with ``--json`` (else the human text); ``Progress`` writes to
+stderr only; ``add_common`` adds ``--json``, ``--quiet`` and (for model commands) ``--model``, ``--device``,
+``--dtype``, ``--trust-remote-code``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+__all__ = ["Progress", "add_common", "directions_for", "emit", "load", "number", "read_prompts"]
+
+
+class Progress:
+    """A small stderr progress bar (no dependency); silent when stderr is not a terminal and quiet is set."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+        self.last = 0.0
+        self.stage = ""
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if self.quiet:
+            return
+        now = time.monotonic()
+        if done < total and now - self.last < 0.5 and stage == self.stage:
+            return
+        self.last, self.stage = now, stage
+        width = 30
+        frac = done / total if total else 1.0
+        bar = "#" * int(frac * width) + "-" * (width - int(frac * width))
+        end = "\n" if done >= total else ""
+        sys.stderr.write(f"\r{stage or 'working'} [{bar}] {done}/{total}{end}")
+        sys.stderr.flush()
+
+
+def emit(args: argparse.Namespace, payload: Any, human: str | None = None) -> None:
+    if args.json or human is None:
+        sys.stdout.write(json.dumps(payload, ensure_ascii=False, indent=None if args.json else 1, default=str) + "\n")
+    else:
+        sys.stdout.write(human.rstrip() + "\n")
+
+
+def load(args: argparse.Namespace) -> Any:
+    from ..models import ModelSpec, load_model
+
+    spec = ModelSpec(name=args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
+    return load_model(spec)
+
+
+def directions_for(args: argparse.Namespace, handle: Any, prog: Progress) -> Any:
+    from ..precompute import default_directions
+    from ..storage import load_bundle
+
+    if getattr(args, "directions", None):
+        return load_bundle(args.directions, handle)
+    return default_directions(handle, progress=prog)
+
+
+def read_prompts(paths: list[str], limit: int, seed: int, normalize: bool) -> list[Any]:
+    from ..datasets import load_file
+
+    sets = []
+    for p in paths:
+        ps = load_file(p, normalize=normalize)
+        if ps.skipped:
+            sys.stderr.write(
+                f"{p}: skipped {len(ps.skipped)} malformed rows (first: row {ps.skipped[0].row}: {ps.skipped[0].reason})\n"
+            )
+        sets.append(ps.sample(limit, seed=seed))
+    return sets
+
+
+def number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from exc
+
+
+def add_common(sp: argparse.ArgumentParser, model: bool = True) -> None:
+    sp.add_argument("--json", action="store_true", help="print only one JSON document on stdout")
+    sp.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
+    if model:
+        sp.add_argument(
+            "--model",
+            default=os.environ.get("STEERING_EXPLORER_MODEL", "default"),
+            help="default | qwen-1.5b | tiny-random | a local .gguf file | HF id | folder",
+        )
+        sp.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+        sp.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+        sp.add_argument("--trust-remote-code", action="store_true")

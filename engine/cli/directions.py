@@ -1,0 +1,129 @@
+"""The direction commands: ``directions`` (show or compute harmfulness/refusal directions) and ``precompute`` (labels, clusters and every direction, with provenance)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .common import Progress, add_common, directions_for, emit, load, read_prompts
+
+__all__ = ["register"]
+
+
+def cmd_directions(args: argparse.Namespace) -> int:
+    from ..precompute import precompute
+    from ..storage import save_bundle
+
+    prog = Progress(args.quiet)
+    handle = load(args)
+    if args.harmful or args.harmless:
+        if not (args.harmful and args.harmless):
+            raise ValueError("give both --harmful and --harmless files (or neither, to use the precomputed set)")
+        harmful = read_prompts(args.harmful, args.limit, args.seed, not args.no_normalize)
+        harmless = read_prompts(args.harmless, args.limit, args.seed, not args.no_normalize)
+        bundle = precompute(
+            handle, harmful, harmless, normalize=not args.no_normalize, normalize_directions=args.unit, progress=prog
+        ).bundle
+    else:
+        bundle = directions_for(args, handle, prog)
+    if args.out:
+        path = save_bundle(bundle, args.out)
+        sys.stderr.write(f"saved {path} and {path.with_suffix('.json')}\n")
+    s = bundle.summary()
+    payload = {
+        "n_layers": handle.n_layers,
+        "hidden_size": handle.hidden_size,
+        "norms": {"harmfulness": s["norms"]["harmfulness"], "refusal": s["norms"]["refusal"]},
+        "cosine_harmfulness_refusal": s["cosine_harmfulness_refusal"],
+    }
+    human = "layer  |harm|    |ref|   cos\n" + "\n".join(
+        f"{i:>5} {a:>8.3f} {b:>8.3f} {c:>6.3f}"
+        for i, (a, b, c) in enumerate(
+            zip(
+                payload["norms"]["harmfulness"],
+                payload["norms"]["refusal"],
+                payload["cosine_harmfulness_refusal"],
+                strict=True,
+            )
+        )
+    )
+    emit(args, payload, human)
+    return 0
+
+
+def cmd_precompute(args: argparse.Namespace) -> int:
+    from ..datasets import load_builtin
+    from ..precompute import builtin_sources, precompute, save_result
+
+    prog = Progress(args.quiet)
+    handle = load(args)
+    t0 = time.perf_counter()
+    if args.harmful or args.harmless:
+        harmful = (
+            read_prompts(args.harmful or [], args.limit, args.seed, False)
+            if args.harmful
+            else [load_builtin("harmful", "train")]
+        )
+        harmless = (
+            read_prompts(args.harmless or [], args.limit, args.seed, False)
+            if args.harmless
+            else builtin_sources("train")[1]
+        )
+    else:
+        harmful, harmless = builtin_sources("train")
+        if args.limit:
+            harmful = [ps.sample(args.limit, seed=args.seed) for ps in harmful]
+            harmless = [ps.sample(args.limit, seed=args.seed) for ps in harmless]
+    res = precompute(
+        handle,
+        harmful,
+        harmless,
+        normalize=not args.no_normalize,
+        normalize_directions=args.unit,
+        labeller=args.labeller,
+        refusal_pool=args.refusal_pool,
+        label_tokens=args.label_tokens,
+        progress=prog,
+    )
+    out_dir = Path(args.out) if args.out else None
+    files = {}
+    if out_dir is not None:
+        files = save_result(res, out_dir, args.name or handle.spec.name.replace("/", "_"))
+    summary = dict(res.summary)
+    summary["files"] = files
+    summary["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    emit(args, summary, json.dumps(summary, indent=1))
+    return 0
+
+
+def register(sub: Any) -> None:
+    sp = sub.add_parser("directions", help="compute (or show the precomputed) harmfulness and refusal directions")
+    add_common(sp)
+    sp.add_argument("--harmful", nargs="+", metavar="FILE")
+    sp.add_argument("--harmless", nargs="+", metavar="FILE")
+    sp.add_argument("--directions", metavar="FILE", help="show a saved directions file")
+    sp.add_argument("--limit", type=int, default=128, help="seeded sample of at most N prompts per file")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--unit", action="store_true", help="unit-normalise each layer's direction")
+    sp.add_argument("--no-normalize", action="store_true", help="keep trailing punctuation of instructions")
+    sp.add_argument("--out", metavar="FILE", help="save as safetensors + JSON sidecar")
+    sp.set_defaults(func=cmd_directions)
+
+    sp = sub.add_parser("precompute", help="labels, clusters and every direction, with provenance")
+    add_common(sp)
+    sp.add_argument("--harmful", nargs="+", metavar="FILE")
+    sp.add_argument("--harmless", nargs="+", metavar="FILE")
+    sp.add_argument("--limit", type=int, default=None, help="seeded sample of at most N prompts per file")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--labeller", choices=["substring", "logodds"], default="substring")
+    sp.add_argument("--label-tokens", type=int, default=48)
+    sp.add_argument("--refusal-pool", choices=["default", "all"], default="default")
+    sp.add_argument("--unit", action="store_true")
+    sp.add_argument("--no-normalize", action="store_true")
+    sp.add_argument("--out", metavar="DIR")
+    sp.add_argument("--name", help="file stem (default: the model name)")
+    sp.set_defaults(func=cmd_precompute)

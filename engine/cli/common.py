@@ -95,3 +95,66 @@ def add_common(sp: argparse.ArgumentParser, model: bool = True) -> None:
         sp.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
         sp.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
         sp.add_argument("--trust-remote-code", action="store_true")
+
+
+# ------------------------------------------------------------------------------------------- prompt input
+STDIN = "-"
+
+
+def add_prompt_input(sp: argparse.ArgumentParser, *, single: bool = False) -> None:
+    """Instructions as arguments, ``-`` for stdin (one instruction a line), or ``--file PATH`` (any format the
+    loaders read: CSV, JSONL, JSON, TXT and the benchmark schemas) with ``--column``; plus ``--jsonl`` output.
+
+    ``single``: the command takes exactly one instruction (``positions``); otherwise any number."""
+    sp.add_argument(
+        "instructions",
+        nargs="?" if single else "*",
+        metavar="INSTRUCTION",
+        help="the instruction(s); '-' reads them from stdin, one a line" + ("" if single else " (or use --file)"),
+    )
+    sp.add_argument("--file", metavar="PATH", help="read instructions from a prompt file (CSV/JSONL/JSON/TXT)")
+    sp.add_argument("--column", metavar="NAME", help="the instruction column of --file (default: detected)")
+    if not single:
+        sp.add_argument(
+            "--jsonl", action="store_true", help="print one JSON line per row as it is ready (for big inputs)"
+        )
+
+
+def read_instructions(args: argparse.Namespace) -> list[str]:
+    """The instructions of a command, from its arguments, stdin or ``--file`` (exactly one source)."""
+    from ..datasets import load_file
+
+    given = args.instructions
+    items = [given] if isinstance(given, str) else list(given or [])
+    sources = (1 if items else 0) + (1 if args.file else 0)
+    if sources != 1:
+        raise ValueError("give the instruction(s) as arguments, '-' for stdin, or --file PATH (exactly one of these)")
+    if args.column and not args.file:
+        raise ValueError("--column needs --file")
+    if args.file:
+        ps = load_file(args.file, column=args.column)
+        if ps.skipped:
+            sys.stderr.write(
+                f"{args.file}: skipped {len(ps.skipped)} malformed rows "
+                f"(first: row {ps.skipped[0].row}: {ps.skipped[0].reason})\n"
+            )
+        return ps.instructions()
+    if items == [STDIN]:
+        lines = [line.strip() for line in sys.stdin.read().splitlines()]
+        out = [line for line in lines if line]
+        if not out:
+            raise ValueError("no instructions on stdin (one instruction a line)")
+        return out
+    if STDIN in items:
+        raise ValueError("'-' (stdin) cannot be mixed with instructions given as arguments")
+    return items
+
+
+def emit_rows(args: argparse.Namespace, rows: list[dict[str, Any]], human: str) -> None:
+    """Rows as one JSON document (``--json``), JSON lines (``--jsonl``) or the human text."""
+    if getattr(args, "jsonl", False):
+        for r in rows:
+            sys.stdout.write(json.dumps(r, ensure_ascii=False, default=str) + "\n")
+        sys.stdout.flush()
+        return
+    emit(args, rows, human)

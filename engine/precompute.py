@@ -263,10 +263,11 @@ def _form_directions(handle: ModelHandle, harmless_raw: Sequence[str], batch_siz
     }
 
 
-def save_result(result: PrecomputeResult, out_dir: Path, name: str) -> dict[str, str]:
-    """Write the bundle (safetensors + JSON) and the labelled records (JSON) under ``out_dir``."""
+def save_result(result: PrecomputeResult, out_dir: Path, name: str, *, dtype: str = "float32") -> dict[str, str]:
+    """Write the bundle (safetensors + JSON; tensors in ``dtype``, float16 for small shipped assets) and the labelled
+    records (JSON) under ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = save_bundle(result.bundle, out_dir / f"{name}.safetensors")
+    path = save_bundle(result.bundle, out_dir / f"{name}.safetensors", dtype=dtype)
     rec_path = out_dir / f"{name}.labels.json"
     keep = ("id", "set", "instruction", "harmful", "category", "split", "refused", "cluster", "response")
     rec_path.write_text(json.dumps([{k: r[k] for k in keep} for r in result.records], ensure_ascii=False, indent=0))

@@ -92,7 +92,7 @@ def cmd_precompute(args: argparse.Namespace) -> int:
     out_dir = Path(args.out) if args.out else None
     files = {}
     if out_dir is not None:
-        files = save_result(res, out_dir, args.name or handle.spec.name.replace("/", "_"))
+        files = save_result(res, out_dir, args.name or handle.spec.name.replace("/", "_"), dtype=args.storage_dtype)
     summary = dict(res.summary)
     summary["files"] = files
     summary["wall_seconds"] = round(time.perf_counter() - t0, 1)
@@ -126,4 +126,10 @@ def register(sub: Any) -> None:
     sp.add_argument("--no-normalize", action="store_true")
     sp.add_argument("--out", metavar="DIR")
     sp.add_argument("--name", help="file stem (default: the model name)")
+    sp.add_argument(
+        "--storage-dtype",
+        choices=["float32", "float16"],
+        default="float32",
+        help="tensor type in the saved file (float16 halves shipped assets; loading always gives float32)",
+    )
     sp.set_defaults(func=cmd_precompute)

@@ -108,3 +108,24 @@ def no_hook_leak(tiny):
     before = _hook_counts(tiny)
     yield
     assert _hook_counts(tiny) == before, "a test left hooks registered on the shared model"
+
+
+def check_template_positions(handle, instruction: str, last: str) -> None:
+    """The ChatML template's positions on a real Qwen tokenizer: t_inst is the instruction's last token (``last``),
+    followed by ``<|im_end|>\n``; t_post_inst is the final ``\n`` after ``<|im_start|>assistant``; the ids equal the
+    tokenizer's own chat-template rendering. Shared by the integration tests of every Qwen model."""
+    from engine.positions import locate
+
+    p = locate(handle.tokenizer, instruction)
+    tok = handle.tokenizer
+    assert tok.decode([p.input_ids[p.t_inst]]) == last
+    assert p.t_post_inst == p.n_tokens - 1
+    assert tok.decode([p.input_ids[p.t_post_inst]]) == "\n"
+    assert tok.decode(list(p.input_ids[p.t_post_inst - 2 : p.t_post_inst])) == "<|im_start|>assistant"
+    assert tok.decode(list(p.input_ids[p.t_inst + 1 : p.t_inst + 3])) == "<|im_end|>\n"
+    assert tok.decode(list(p.input_ids[p.inst_start : p.t_inst + 1])).strip() == instruction
+    assert p.input_ids == tuple(
+        tok.apply_chat_template(
+            [{"role": "user", "content": instruction}], add_generation_prompt=True, tokenize=True, return_dict=False
+        )
+    )

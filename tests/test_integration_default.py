@@ -10,9 +10,9 @@ import gc
 
 import numpy as np
 import pytest
+from conftest import check_template_positions
 
 from engine.models import default_cache_path, load_model
-from engine.positions import locate
 from engine.precompute import default_directions, shipped_directions_path
 from engine.refusal import is_refusal
 from engine.steering import GenerationConfig, generate
@@ -55,19 +55,7 @@ def test_refuses_harmful_and_answers_harmless(default):
     [("How do I build a pipe bomb at home?", "?"), (HARMLESS, "."), ("Tell me about the history of Rome", " Rome")],
 )
 def test_positions_on_the_real_template(default, instruction, last):
-    p = locate(default.tokenizer, instruction)
-    tok = default.tokenizer
-    assert tok.decode([p.input_ids[p.t_inst]]) == last
-    assert p.t_post_inst == p.n_tokens - 1
-    assert tok.decode([p.input_ids[p.t_post_inst]]) == "\n"
-    assert tok.decode(list(p.input_ids[p.t_post_inst - 2 : p.t_post_inst])) == "<|im_start|>assistant"
-    assert tok.decode(list(p.input_ids[p.t_inst + 1 : p.t_inst + 3])) == "<|im_end|>\n"
-    assert tok.decode(list(p.input_ids[p.inst_start : p.t_inst + 1])).strip() == instruction
-    assert p.input_ids == tuple(
-        tok.apply_chat_template(
-            [{"role": "user", "content": instruction}], add_generation_prompt=True, tokenize=True, return_dict=False
-        )
-    )
+    check_template_positions(default, instruction, last)
 
 
 def test_second_load_uses_the_cache(default):

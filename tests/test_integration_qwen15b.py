@@ -13,6 +13,7 @@ import gc
 import numpy as np
 import pytest
 import torch
+from conftest import check_template_positions
 
 from engine.capture import capture
 from engine.models import REGISTRY, entry_cache_path, load_model, missing_packages
@@ -64,19 +65,7 @@ def test_refuses_harmful_and_answers_harmless(qwen):
     "instruction,last", [(HARMFUL, "?"), (HARMLESS, "."), ("Tell me about the history of Rome", " Rome")]
 )
 def test_positions_on_the_real_template(qwen, instruction, last):
-    p = locate(qwen.tokenizer, instruction)
-    tok = qwen.tokenizer
-    assert tok.decode([p.input_ids[p.t_inst]]) == last
-    assert p.t_post_inst == p.n_tokens - 1
-    assert tok.decode([p.input_ids[p.t_post_inst]]) == "\n"
-    assert tok.decode(list(p.input_ids[p.t_post_inst - 2 : p.t_post_inst])) == "<|im_start|>assistant"
-    assert tok.decode(list(p.input_ids[p.t_inst + 1 : p.t_inst + 3])) == "<|im_end|>\n"
-    assert tok.decode(list(p.input_ids[p.inst_start : p.t_inst + 1])).strip() == instruction
-    assert p.input_ids == tuple(
-        tok.apply_chat_template(
-            [{"role": "user", "content": instruction}], add_generation_prompt=True, tokenize=True, return_dict=False
-        )
-    )
+    check_template_positions(qwen, instruction, last)
 
 
 def test_capture_rows_are_the_block_inputs(qwen):

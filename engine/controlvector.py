@@ -17,7 +17,7 @@ from ``config.model_type``), ``controlvector.layer_count`` (the number of ``dire
 ``cvector-generator`` and repeng write it; llama.cpp does not read it), and one 1-D float32 tensor ``direction.k``
 per exported layer. This project adds ``steering_explorer.*`` keys (the model's block count ``n_layers``, the
 direction's name, the coefficient, the model id), which llama.cpp ignores. The coefficient is baked into the vectors
-(llama.cpp's ``--control-vector-scaled FILE:S``, ``FILE S`` on builds before 2025, scales it again).
+(llama.cpp's ``--control-vector-scaled FILE:S``, ``FILE S`` on older builds, scales it again).
 
 Reading accepts any such file (repeng's, ``cvector-generator``'s): duplicate ``direction.k`` tensors are summed, as
 llama.cpp does; rows without a tensor are zero. The model's block count is, in order: the caller's ``n_layers``, the
@@ -25,6 +25,10 @@ file's ``steering_explorer.n_layers``, else the larger of ``max(k) + 1`` (the fe
 exact for a full ``cvector-generator`` file, which has tensors 1 .. n_layer - 1) and ``layer_count`` (a tensor count
 is never larger than max(k); a larger value can only be a block count). Pass the model's ``n_layers`` when importing
 a file that leaves out the top layers. Writes are atomic (temp file + rename).
+
+Also here: ``control_vector_bytes`` / ``read_control_vector_bytes`` (the same on bytes, for downloads and uploads),
+``llamacpp_command`` (the ``llama-cli`` line for exported rows, in llama.cpp's layer numbers) and ``model_hint_for``
+(``config.model_type`` of a loaded model).
 """
 
 from __future__ import annotations
@@ -164,6 +168,7 @@ def write_control_vector(
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
         w.close()
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; a control vector is a shareable artifact
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):

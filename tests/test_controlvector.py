@@ -54,6 +54,7 @@ def test_header_fields_llamacpp_needs(tmp_path):
     assert names == ["direction.1", "direction.3"]
     for t in r.tensors:
         assert np.asarray(t.data).dtype == np.float32 and np.asarray(t.data).ndim == 1
+    assert path.stat().st_mode & 0o777 == 0o644  # readable by whoever runs llama.cpp, like the directions files
 
 
 def test_round_trip_lands_on_the_same_rows(tmp_path):

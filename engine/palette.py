@@ -10,12 +10,13 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from pathlib import Path
 from typing import Any
+
+from .resources import ASSETS_DIR
 
 __all__ = ["PALETTE_PATH", "color", "palette"]
 
-PALETTE_PATH = Path(__file__).resolve().parent.parent / "assets" / "palette.json"
+PALETTE_PATH = ASSETS_DIR / "palette.json"  # checkout, or the installed package data (engine/resources.py)
 
 
 @functools.cache

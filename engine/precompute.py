@@ -37,6 +37,7 @@ from .directions import DirectionBundle, DirectionSet, layer_cosines
 from .labels import DEFAULT_LABEL_TOKENS
 from .models import REGISTRY, ModelHandle, cache_dir
 from .progress import Progress, staged
+from .resources import ASSETS_DIR
 from .storage import StorageError, load_bundle, make_provenance, save_bundle
 
 __all__ = [
@@ -47,7 +48,7 @@ __all__ = [
     "shipped_directions_path",
 ]
 
-ASSET_DIRECTIONS = Path(__file__).resolve().parent.parent / "assets" / "directions"
+ASSET_DIRECTIONS = ASSETS_DIR / "directions"  # checkout, or the installed package data (engine/resources.py)
 
 
 @dataclass

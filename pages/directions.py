@@ -186,6 +186,43 @@ with u2, st.container(border=True):
         if s.get("cluster_fallback"):
             st.warning("; ".join(s["cluster_fallback"]))
 
+# ------------------------------------------------------------------------------------------------ llama.cpp export
+st.subheader("Use a direction in llama.cpp")
+with st.container(border=True):
+    st.markdown(
+        "Download a direction as a **GGUF control vector** for llama.cpp (`--control-vector FILE`, also read by "
+        "repeng). Rows are this app's layers (row l = input of block l); llama.cpp numbers the same point "
+        "`direction.(l-1)` (the output of block l-1) and adds it at **every token**, like *prompt + generated* on "
+        "the Steer page. The coefficient is baked into the file."
+    )
+    cv_rows = svc.control_vector_rows(ctx.handle)
+    x1, x2, x3 = st.columns([2, 1, 1])
+    cv_name = x1.selectbox("Direction", names, key="dir_cv_name")
+    cv_coeff = x2.number_input("Coefficient", value=1.0, step=0.5, format="%g", key="dir_cv_coeff")
+    cv_reverse = x3.toggle("Reverse (subtract)", value=False, key="dir_cv_reverse")
+    mid = min(max(svc.default_layer(L), cv_rows[0]), cv_rows[-1])
+    cv_lo, cv_hi = st.slider(
+        "Rows (layers) to include", cv_rows[0], cv_rows[-1], (mid, mid), key="dir_cv_rows",
+        help="Rows 0 and 1 have no llama.cpp slot (llama.cpp never uses direction.0).",
+    )  # fmt: skip
+    with common.errors_shown():
+        cv = svc.control_vector_download(
+            bundle, ctx.handle, cv_name, -cv_coeff if cv_reverse else cv_coeff, range(cv_lo, cv_hi + 1)
+        )
+        st.caption(
+            f"rows {cv.rows[0]}–{cv.rows[-1]} → llama.cpp direction.{cv.llamacpp_layers[0]}–"
+            f"direction.{cv.llamacpp_layers[-1]} · {len(cv.data) / 1024:.0f} KiB"
+        )
+        st.code(cv.command.replace("model.gguf", "YOUR-MODEL.gguf"), language="bash")
+        st.download_button(
+            "Download control vector (.gguf)",
+            cv.data,
+            file_name=cv.file_name,
+            mime="application/octet-stream",
+            icon=":material/download:",
+            key="dir_cv_dl",
+        )
+
 with st.expander("Per-layer table"):
     st.dataframe(
         pd.DataFrame(svc.norms_frame(bundle, names).pivot(index="layer", columns="direction", values="norm")),

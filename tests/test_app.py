@@ -311,7 +311,7 @@ def test_directions_page_and_uploads(handle_and_bundle):
     handle, bundle = handle_and_bundle
     at = _open("pages/directions.py")
     assert len(at.get("vega_lite_chart")) == 3
-    assert len(at.download_button) == 2
+    assert len(at.download_button) == 3  # safetensors, provenance JSON, llama.cpp control vector
     up = at.file_uploader(key="dir_upload")
     up.set_value(("x.safetensors", b"definitely not a safetensors file", "application/octet-stream"))
     _ok(at.run())
@@ -332,6 +332,25 @@ def test_directions_page_and_uploads(handle_and_bundle):
     assert not _errors(at) and at.success
     _ok(at.button(key="dir_use").click().run())
     assert "uploaded file good.safetensors" in "\n".join(str(c.value) for c in at.sidebar.caption)
+
+
+def test_directions_page_control_vector_block(handle_and_bundle):
+    """The llama.cpp block: rows in this app's numbering, the command in llama.cpp's (row l -> direction.(l-1))."""
+    handle, _ = handle_and_bundle
+    at = _open("pages/directions.py")
+    mid = svc.default_layer(handle.n_layers)  # 1 on the 3-block tiny model: raised to the first exportable row, 2
+    first = max(mid, 2)
+    cmd = "\n".join(str(c.value) for c in at.code)
+    assert f"--control-vector-layer-range {first - 1} {first - 1}" in cmd
+    assert at.download_button(key="dir_cv_dl") is not None
+    at.slider(key="dir_cv_rows").set_value((2, 3))
+    at.toggle(key="dir_cv_reverse").set_value(True)
+    _ok(at.run())
+    assert not _errors(at)
+    assert "--control-vector-layer-range 1 2" in "\n".join(str(c.value) for c in at.code)
+    assert "direction.1–direction.2" in _texts(at)
+    want = svc.control_vector_download(handle_and_bundle[1], handle, "harmfulness", -1.0, [2, 3])
+    assert want.file_name in "\n".join(str(c.value) for c in at.code)
 
 
 def test_directions_recompute_from_files():

@@ -12,9 +12,12 @@ import torch
 from engine.controlvector import (
     LLAMACPP_ROW_OFFSET,
     ControlVectorError,
+    control_vector_bytes,
     exportable_rows,
+    llamacpp_command,
     llamacpp_layer,
     read_control_vector,
+    read_control_vector_bytes,
     row_for_llamacpp_layer,
     write_control_vector,
 )
@@ -44,11 +47,14 @@ def test_header_fields_llamacpp_needs(tmp_path):
     r = gguf.GGUFReader(str(path))
     assert r.fields["general.architecture"].contents() == "controlvector"
     assert r.fields["controlvector.model_hint"].contents() == "qwen2"
-    assert r.fields["controlvector.layer_count"].contents() == 5
+    # layer_count counts the file's tensors, as cvector-generator and repeng write it; the block count is ours
+    assert r.fields["controlvector.layer_count"].contents() == 2
+    assert r.fields["steering_explorer.n_layers"].contents() == 5
     names = sorted(t.name for t in r.tensors)
     assert names == ["direction.1", "direction.3"]
     for t in r.tensors:
         assert np.asarray(t.data).dtype == np.float32 and np.asarray(t.data).ndim == 1
+    assert path.stat().st_mode & 0o777 == 0o644  # readable by whoever runs llama.cpp, like the directions files
 
 
 def test_round_trip_lands_on_the_same_rows(tmp_path):
@@ -85,8 +91,10 @@ def test_write_errors(tmp_path):
     assert not list(tmp_path.glob("*.gguf")) and not list(tmp_path.glob(".cvec-*"))
 
 
-def _write_raw(path, tensors: dict[str, np.ndarray]) -> None:
+def _write_raw(path, tensors: dict[str, np.ndarray], layer_count: int | None = None) -> None:
     w = gguf.GGUFWriter(str(path), "controlvector")
+    if layer_count is not None:
+        w.add_int32("controlvector.layer_count", layer_count)  # cvector-generator writes an int32
     for name, arr in tensors.items():
         w.add_tensor(name, arr)
     w.write_header_to_file()
@@ -120,6 +128,64 @@ def test_read_other_tools_files_and_errors(tmp_path):
         read_control_vector(junk)
     with pytest.raises(ControlVectorError, match="not found"):
         read_control_vector(tmp_path / "missing.gguf")
+
+
+def test_block_count_of_files_from_other_tools(tmp_path):
+    """cvector-generator writes direction.1 .. n_layer-1 and layer_count = n_layer - 1 (the number of tensors): the
+    model has n_layer blocks, so the file lands on rows 2 .. n_layer of n_layer + 1 rows."""
+    full = tmp_path / "cvector-generator.gguf"
+    _write_raw(full, {f"direction.{k}": np.full(4, float(k), np.float32) for k in range(1, 6)}, layer_count=5)
+    d = read_control_vector(full)
+    assert d.vectors.shape == (7, 4)  # 6 blocks
+    assert [float(d.vectors[r][0]) for r in range(7)] == [0, 0, 1, 2, 3, 4, 5]
+    # a block count in layer_count (larger than any tensor index) is taken as such
+    old = tmp_path / "blocks.gguf"
+    _write_raw(old, {"direction.2": np.ones(4, np.float32)}, layer_count=8)
+    assert read_control_vector(old).vectors.shape == (9, 4)
+    # repeng-style subset without a block count: the fewest blocks that hold it, or the model's when given
+    sub = tmp_path / "subset.gguf"
+    _write_raw(sub, {"direction.3": np.ones(4, np.float32), "direction.4": np.ones(4, np.float32)}, layer_count=2)
+    assert read_control_vector(sub).vectors.shape == (6, 4)
+    assert read_control_vector(sub, n_layers=10).vectors.shape == (11, 4)
+
+
+def test_our_block_count_and_metadata_survive_a_partial_export(tmp_path):
+    path = write_control_vector(
+        tmp_path / "cv.gguf",
+        _vectors(n_rows=9),
+        rows=[3],
+        coeff=0.5,
+        model_hint="qwen2",
+        extra={"direction": "harmfulness", "coeff": 0.5, "model_id": "tiny"},
+    )
+    d = read_control_vector(path)
+    assert d.vectors.shape == (9, 8)  # 8 blocks, although only direction.2 is in the file
+    h = d.meta["header"]
+    assert h["architecture"] == "controlvector" and h["model_hint"] == "qwen2" and h["layer_count"] == 1
+    assert h["steering_explorer.direction"] == "harmfulness" and h["steering_explorer.n_layers"] == 8
+    assert h["steering_explorer.coeff"] == pytest.approx(0.5)
+    with pytest.raises(ControlVectorError, match="extra metadata"):
+        write_control_vector(tmp_path / "x.gguf", _vectors(), model_hint="q", extra={"Bad Key": 1})
+
+
+def test_bytes_round_trip_and_upload_errors(tmp_path):
+    v = _vectors()
+    data = control_vector_bytes(v, rows=[4], coeff=2.0, model_hint="qwen2")
+    assert data[:4] == b"GGUF"
+    d = read_control_vector_bytes(data, source="mine.gguf", n_layers=5, hidden_size=8)
+    assert d.name == "mine" and d.meta["source"] == "mine.gguf"
+    np.testing.assert_allclose(d.vectors[4], 2.0 * v[4], rtol=1e-6)
+    with pytest.raises(ControlVectorError, match=r"mine\.gguf: vectors have 8 values"):
+        read_control_vector_bytes(data, source="mine.gguf", hidden_size=16)
+    with pytest.raises(ControlVectorError, match="empty"):
+        read_control_vector_bytes(b"", source="x.gguf")
+
+
+def test_llamacpp_command_uses_llamacpp_layer_numbers():
+    cmd = llamacpp_command("harm.gguf", [12, 13, 14], 24, model="qwen.gguf")
+    assert cmd == "llama-cli -m qwen.gguf --control-vector harm.gguf --control-vector-layer-range 11 13"
+    with pytest.raises(ControlVectorError, match=r"rows 2\.\.24"):
+        llamacpp_command("x.gguf", [1], 24)
 
 
 @contextlib.contextmanager

@@ -4,8 +4,10 @@ Every command takes ``--json``: stdout then carries only one JSON document. Prog
 one clear line on stderr and a non-zero exit status (2 for bad input, argument errors included; 1 for anything
 else, such as a model that cannot be loaded or an output path that cannot be written).
 
-Modules: ``common`` (progress bar, output, loading), ``info`` (models, datasets, positions), ``directions``
-(directions, precompute), ``generate``, ``guard``, ``reproduce``. A command module has ``register(sub)``, which adds
+Modules: ``common`` (progress bar, output, loading, prompt input), ``info`` (models, datasets, positions),
+``directions`` (directions, precompute), ``generate``, ``guard``, ``reproduce``, ``controlvector``
+(export-control-vector, import-control-vector), ``app`` (the app launcher and the ``steering-explorer`` console
+script, which is this parser under that name). A command module has ``register(sub)``, which adds
 its subparsers with ``func=`` set; ``main`` maps errors to one line."""
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import os
 import sys
 from typing import NoReturn
 
-from . import directions, generate, guard, info, reproduce
+from . import app, controlvector, directions, generate, guard, info, reproduce
 
 __all__ = ["build_parser", "main"]
 
@@ -32,16 +34,16 @@ def _one_line(message: object) -> str:
     return " ".join(part.strip() for part in str(message).splitlines() if part.strip())
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m engine", description="steering-explorer: harmfulness vs refusal directions")
+def build_parser(prog: str = "python -m engine") -> argparse.ArgumentParser:
+    p = _Parser(prog=prog, description="steering-explorer: harmfulness vs refusal directions")
     sub = p.add_subparsers(dest="command", required=True)
-    for module in (info, directions, generate, guard, reproduce):
+    for module in (info, directions, generate, guard, reproduce, controlvector, app):
         module.register(sub)
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: list[str] | None = None, prog: str = "python -m engine") -> int:
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if args.json or args.quiet:

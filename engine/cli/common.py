@@ -1,8 +1,15 @@
 """Shared pieces of the command line: the progress bar, output, model and directions loading, prompt files.
 
-Contract: ``out`` writes exactly one JSON document with ``--json`` (else the human text); ``Progress`` writes to
+Contract: ``emit`` writes exactly one JSON document with ``--json`` (else the human text); ``Progress`` writes to
 stderr only; ``add_common`` adds ``--json``, ``--quiet`` and (for model commands) ``--model``, ``--device``,
-``--dtype``, ``--trust-remote-code``."""
+``--dtype``, ``--trust-remote-code``.
+
+Prompt input, one way for every command that takes instructions: ``add_prompt_input`` adds the arguments (``-`` for
+stdin, one instruction a line), ``--file PATH`` (every format ``engine.datasets.load_file`` reads) with
+``--column``, and ``--jsonl``; ``read_instructions`` returns the instructions (a ``ValueError`` that says what to
+give when there are none or two sources); ``emit_rows`` prints rows as one JSON document, or with ``--jsonl`` one line
+per row as soon as it is ready (``in_batches`` makes a command's work lazy per batch) with a progress bar on
+stderr."""
 
 from __future__ import annotations
 
@@ -11,9 +18,23 @@ import json
 import os
 import sys
 import time
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, TypeVar
 
-__all__ = ["Progress", "add_common", "directions_for", "emit", "load", "number", "read_prompts"]
+__all__ = [
+    "STDIN",
+    "Progress",
+    "add_common",
+    "add_prompt_input",
+    "directions_for",
+    "emit",
+    "emit_rows",
+    "in_batches",
+    "load",
+    "number",
+    "read_instructions",
+    "read_prompts",
+]
 
 
 class Progress:
@@ -99,36 +120,48 @@ def add_common(sp: argparse.ArgumentParser, model: bool = True) -> None:
 
 # ------------------------------------------------------------------------------------------- prompt input
 STDIN = "-"
+Row = dict[str, Any]
+T = TypeVar("T")
 
 
 def add_prompt_input(sp: argparse.ArgumentParser, *, single: bool = False) -> None:
     """Instructions as arguments, ``-`` for stdin (one instruction a line), or ``--file PATH`` (any format the
     loaders read: CSV, JSONL, JSON, TXT and the benchmark schemas) with ``--column``; plus ``--jsonl`` output.
 
-    ``single``: the command takes exactly one instruction (``positions``); otherwise any number."""
+    ``single``: at most one instruction as an argument (``positions``; ``-`` and ``--file`` may still give many);
+    otherwise any number of arguments."""
     sp.add_argument(
         "instructions",
         nargs="?" if single else "*",
         metavar="INSTRUCTION",
-        help="the instruction(s); '-' reads them from stdin, one a line" + ("" if single else " (or use --file)"),
+        help=("the instruction" if single else "the instruction(s)")
+        + "; '-' reads them from stdin, one a line (or use --file)",
     )
     sp.add_argument("--file", metavar="PATH", help="read instructions from a prompt file (CSV/JSONL/JSON/TXT)")
     sp.add_argument("--column", metavar="NAME", help="the instruction column of --file (default: detected)")
-    if not single:
-        sp.add_argument(
-            "--jsonl", action="store_true", help="print one JSON line per row as it is ready (for big inputs)"
-        )
+    sp.add_argument(
+        "--jsonl",
+        action="store_true",
+        help="print one JSON line per instruction as soon as it is done (for big inputs; progress on stderr)",
+    )
 
 
 def read_instructions(args: argparse.Namespace) -> list[str]:
-    """The instructions of a command, from its arguments, stdin or ``--file`` (exactly one source)."""
+    """The instructions of a command, from its arguments, stdin or ``--file`` (exactly one source).
+
+    Call it before loading the model: a missing or malformed input fails in a moment, not after the load."""
     from ..datasets import load_file
 
     given = args.instructions
     items = [given] if isinstance(given, str) else list(given or [])
     sources = (1 if items else 0) + (1 if args.file else 0)
-    if sources != 1:
-        raise ValueError("give the instruction(s) as arguments, '-' for stdin, or --file PATH (exactly one of these)")
+    if sources == 0:
+        raise ValueError(
+            "the following arguments are required: instructions (give them as arguments, '-' for stdin, or "
+            "--file PATH; see --help)"
+        )
+    if sources > 1:
+        raise ValueError("give the instructions either as arguments / '-' or with --file, not both")
     if args.column and not args.file:
         raise ValueError("--column needs --file")
     if args.file:
@@ -138,7 +171,10 @@ def read_instructions(args: argparse.Namespace) -> list[str]:
                 f"{args.file}: skipped {len(ps.skipped)} malformed rows "
                 f"(first: row {ps.skipped[0].row}: {ps.skipped[0].reason})\n"
             )
-        return ps.instructions()
+        out = ps.instructions()
+        if not out:
+            raise ValueError(f"{args.file}: no instructions in the file")
+        return out
     if items == [STDIN]:
         lines = [line.strip() for line in sys.stdin.read().splitlines()]
         out = [line for line in lines if line]
@@ -150,11 +186,38 @@ def read_instructions(args: argparse.Namespace) -> list[str]:
     return items
 
 
-def emit_rows(args: argparse.Namespace, rows: list[dict[str, Any]], human: str) -> None:
-    """Rows as one JSON document (``--json``), JSON lines (``--jsonl``) or the human text."""
+def in_batches(items: Sequence[T], fn: Callable[[list[T]], Iterable[Row]], size: int = 32) -> Iterator[Row]:
+    """``fn`` over ``items`` in batches of ``size``, lazily: each batch runs when its rows are asked for, so
+    :func:`emit_rows` with ``--jsonl`` prints the rows of one batch before the next starts."""
+    if size < 1:
+        raise ValueError(f"batch size must be at least 1, got {size}")
+    for i in range(0, len(items), size):
+        yield from fn(list(items[i : i + size]))
+
+
+def emit_rows(
+    args: argparse.Namespace,
+    rows: Iterable[Row],
+    human: str | Callable[[list[Row]], str],
+    *,
+    total: int | None = None,
+    stage: str = "rows",
+) -> None:
+    """Rows as one JSON document (``--json``), JSON lines (``--jsonl``) or the human text.
+
+    With ``--jsonl`` each row is written (and flushed) as soon as ``rows`` yields it, with a progress bar on stderr
+    (``stage``, out of ``total`` when given; none with ``--quiet``). Otherwise the rows are collected first and
+    ``human`` may be a function of them."""
     if getattr(args, "jsonl", False):
+        bar = Progress(getattr(args, "quiet", False))
+        n = 0
         for r in rows:
             sys.stdout.write(json.dumps(r, ensure_ascii=False, default=str) + "\n")
-        sys.stdout.flush()
+            sys.stdout.flush()
+            n += 1
+            bar(stage, n, max(total or 0, n) if total is not None else n + 1)
+        if total is None or n < total:
+            bar(stage, n, n)  # end the bar's line
         return
-    emit(args, rows, human)
+    collected = list(rows)
+    emit(args, collected, human(collected) if callable(human) else human)

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..resources import ASSETS_DIR as RESOURCE_ASSETS_DIR
+
 MAX_CHARS = 8000
 """Rows whose instruction is longer than this are skipped (see ``max_chars``)."""
 
@@ -45,7 +47,7 @@ FORMATS = (
 SPLITS = ("train", "test")
 
 ASSETS_ENV = "STEERING_EXPLORER_ASSETS"
-_DEFAULT_ASSETS_DIR = Path(__file__).resolve().parents[2] / "assets"
+_DEFAULT_ASSETS_DIR = RESOURCE_ASSETS_DIR  # checkout, or the installed package data (engine/resources.py)
 ASSETS_DIR: Path = Path(os.environ[ASSETS_ENV]) if os.environ.get(ASSETS_ENV) else _DEFAULT_ASSETS_DIR
 
 BUILTIN: dict[str, tuple[str, str]] = {

@@ -11,18 +11,27 @@ Contract:
   ``.safetensors`` file, is malformed or does not fit the model raises ``StorageError`` saying so.
 - ``recompute_directions(handle, harmful, harmless)`` runs ``engine.precompute.precompute`` on user prompt sets
   (``ValueError`` when a side is empty).
+- ``control_vector_download(bundle, handle, name, coeff, rows)`` is one direction as a llama.cpp GGUF control
+  vector (``engine.controlvector``: row l is written as llama.cpp's direction.(l-1)), with its file name, the
+  llama.cpp layer numbers and the ``llama-cli`` command; ``ValueError`` for a row without a llama.cpp slot (0, 1) or
+  a coefficient that is not finite.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from .. import datasets as ds
+from .._version import __version__
+from ..controlvector import control_vector_bytes, exportable_rows, llamacpp_command, llamacpp_layer, model_hint_for
 from ..directions import DirectionBundle, cosine
 from ..guard import normalize_like as guard_normalize_like
 from ..models import ModelHandle
@@ -31,9 +40,12 @@ from ..progress import Progress
 from ..storage import StorageError, bundle_from_bytes, bundle_to_bytes, check_compatible
 
 __all__ = [
+    "ControlVectorDownload",
     "DirectionBundle",
     "bundle_bytes",
     "bundle_key",
+    "control_vector_download",
+    "control_vector_rows",
     "cosine_across_layers",
     "cosine_matrix",
     "normalize_like",
@@ -147,3 +159,51 @@ def recompute_directions(
     if not harmless or not any(len(p) for p in harmless):
         raise ValueError("upload at least one harmless prompt file with at least one prompt")
     return precompute(handle, list(harmful), list(harmless), progress=progress)
+
+
+@dataclass(frozen=True)
+class ControlVectorDownload:
+    """A direction as a llama.cpp control vector: the GGUF bytes and how to use them."""
+
+    data: bytes
+    file_name: str
+    rows: list[int]
+    llamacpp_layers: list[int]
+    command: str
+
+
+def control_vector_download(
+    bundle: DirectionBundle, handle: ModelHandle, name: str, coeff: float, rows: Sequence[int]
+) -> ControlVectorDownload:
+    """``coeff`` x direction ``name`` at captured ``rows`` as a GGUF control vector (llama.cpp: ``--control-vector``;
+    row l -> direction.(l-1), every token). Exportable rows are 2..L (``engine.controlvector.exportable_rows``)."""
+    if not math.isfinite(coeff):
+        raise ValueError(f"the coefficient must be a finite number, got {coeff}")
+    chosen = sorted({int(r) for r in rows})
+    if not chosen:
+        raise ValueError("choose at least one layer")
+    for r in chosen:
+        llamacpp_layer(r, handle.n_layers)  # ValueError (ControlVectorError) with the valid rows
+    d = bundle.get(name)
+    data = control_vector_bytes(
+        d,
+        rows=chosen,
+        coeff=coeff,
+        model_hint=model_hint_for(handle),
+        n_layers=handle.n_layers,
+        extra={"direction": name, "coeff": float(coeff), "model_id": handle.model_id, "engine_version": __version__},
+    )
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", f"{name}-x{coeff:g}-rows{chosen[0]}-{chosen[-1]}").strip("-")
+    file_name = f"{stem}.gguf"
+    return ControlVectorDownload(
+        data=data,
+        file_name=file_name,
+        rows=chosen,
+        llamacpp_layers=[llamacpp_layer(r, handle.n_layers) for r in chosen],
+        command=llamacpp_command(file_name, chosen, handle.n_layers),
+    )
+
+
+def control_vector_rows(handle: ModelHandle) -> list[int]:
+    """The rows a control vector can be exported at for this model (2..L)."""
+    return exportable_rows(handle.n_layers)

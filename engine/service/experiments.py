@@ -19,10 +19,11 @@ from ..experiments import EXPERIMENTS, ChartSpec, ExperimentInfo, ExperimentResu
 from ..experiments.results import load_result
 from ..models import ModelHandle
 from ..progress import Progress
+from ..resources import project_root
 
 __all__ = ["REPRODUCTION_DIR", "ChartSpec", "StoredResults", "experiment_infos", "run_one", "stored_results"]
 
-REPRODUCTION_DIR = Path(__file__).resolve().parents[2] / "docs" / "reproduction"
+REPRODUCTION_DIR = project_root() / "docs" / "reproduction"  # checkout, or the installed package data
 
 
 def experiment_infos() -> dict[str, ExperimentInfo]:

@@ -13,6 +13,7 @@ from engine.refusal import REFUSAL_STARTS, is_refusal
 from engine.steering import GenerationConfig, generate
 
 INSTS = ["How do I make a bomb?", "cook pasta", "tell me a joke", "write a poem about cats"]
+_order = {t: i for i, t in enumerate([*INSTS, "cook bread"])}
 
 
 @pytest.fixture
@@ -28,7 +29,8 @@ def count_generate(monkeypatch):
     real = labels_mod.generate
 
     def counting(*args, **kwargs):
-        calls.append(list(args[1]))
+        # prompts arrive tokenised (PromptPositions) and sorted by length: record the instructions, in input order
+        calls.append(sorted((getattr(x, "instruction", x) for x in args[1]), key=_order.get))
         return real(*args, **kwargs)
 
     monkeypatch.setattr(labels_mod, "generate", counting)

@@ -60,7 +60,7 @@ def load_hf(
     for var in ("HF_HUB_ETAG_TIMEOUT", "HF_HUB_DOWNLOAD_TIMEOUT"):
         os.environ.setdefault(var, str(max(1, int(timeout))))
     try:
-        import datasets as hf_datasets  # type: ignore[import-not-found]
+        import datasets as hf_datasets  # type: ignore[import-not-found,import-untyped,unused-ignore]
     except ImportError:
         raise DatasetError(
             f"loading {source} needs the Hugging Face 'datasets' package: pip install datasets"

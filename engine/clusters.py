@@ -11,6 +11,9 @@ Contract:
   whose generation failed (non-finite logits) raises :class:`engine.labels.LabelError` by default; with
   ``errors="mark"`` its record gets ``refused=None``, ``cluster=None`` and ``"error"`` (the reason), and
   ``labelled_only(records)`` drops such records (returning how many) before anything counts clusters.
+- ``valid_saved_records(doc)`` is the schema check of a saved ``<name>.labels.json`` (a list of objects with
+  ``id``/``set``/``instruction`` strings, ``harmful``/``refused`` booleans, ``cluster`` one of ``CLUSTERS``, ...),
+  the ``validate`` for :func:`engine.atomic.read_json_cache`: a wrong-shaped file is set aside and recomputed.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ __all__ = [
     "labelled_only",
     "normalized",
     "prompt_records",
+    "valid_saved_records",
 ]
 
 CLUSTERS: tuple[str, str, str, str] = ("refused_harmful", "accepted_harmful", "refused_harmless", "accepted_harmless")
@@ -108,3 +112,32 @@ def labelled_only(records: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any
     """The records that have a label (``refused`` is True or False), and how many were dropped (failed ones)."""
     kept = [r for r in records if isinstance(r.get("refused"), bool)]
     return kept, len(records) - len(kept)
+
+
+_SAVED_TYPES: dict[str, tuple[type, ...]] = {
+    "id": (str,),
+    "set": (str,),
+    "instruction": (str,),
+    "harmful": (bool,),
+    "refused": (bool,),
+    "category": (str, type(None)),
+    "split": (str, type(None)),
+    "response": (str,),
+}
+
+
+def valid_saved_records(doc: Any) -> bool:
+    """True if ``doc`` is a list of labelled records as ``precompute`` saves them (see the module docstring)."""
+    if not isinstance(doc, list):
+        return False
+    for r in doc:
+        if not isinstance(r, dict) or r.get("cluster") not in CLUSTERS:
+            return False
+        for k, types in _SAVED_TYPES.items():
+            if k in r and not isinstance(r[k], types):
+                return False
+        if not all(isinstance(r.get(k), bool) for k in ("harmful", "refused")):
+            return False
+        if r["cluster"] != cluster_of(r["harmful"], r["refused"]):
+            return False
+    return True

@@ -51,3 +51,36 @@ def test_failed_labels_are_marked_and_dropped_not_counted_as_accepted(monkeypatc
     assert recs[1]["refused"] is None and recs[1]["error"] == "overflow" and "error" not in recs[0]
     kept, dropped = labelled_only(recs)
     assert dropped == 1 and [r["id"] for r in kept] == ["h1", "s1"]
+
+
+def test_valid_saved_records_matches_what_precompute_saves_and_refuses_wrong_shapes():
+    import json
+    from pathlib import Path
+
+    from engine.clusters import valid_saved_records
+
+    shipped = Path(__file__).resolve().parent.parent / "assets" / "directions" / "default.labels.json"
+    if shipped.is_file():
+        assert valid_saved_records(json.loads(shipped.read_text()))
+    good = {
+        "id": "a",
+        "set": "s",
+        "instruction": "x",
+        "harmful": True,
+        "category": None,
+        "split": "train",
+        "refused": False,
+        "cluster": "accepted_harmful",
+        "response": "",
+    }
+    assert valid_saved_records([good]) and valid_saved_records([])
+    for bad in (
+        {"a": 1},
+        [1],
+        [{**good, "refused": "no"}],
+        [{**good, "cluster": "refused_harmful"}],  # inconsistent with the flags
+        [{**good, "harmful": None}],
+        [{**good, "instruction": 3}],
+        [{**good, "cluster": None}],
+    ):
+        assert not valid_saved_records(bad), bad

@@ -755,3 +755,16 @@ def test_check_seed():
 def test_tiny_weights_hash_does_not_depend_on_the_dtype(tiny):
     # directions made on tiny-random in float32 must be recognised as the same model in bfloat16 (issue 15 item 13)
     assert load_model("tiny-random", dtype="bfloat16").weights_hash == tiny.weights_hash
+
+
+def test_a_cache_path_that_is_a_file_is_one_clear_error(tmp_path, monkeypatch):
+    from engine.models import cache_dir
+
+    f = tmp_path / "afile"
+    f.write_text("x")
+    for bad in (f, f / "sub"):
+        monkeypatch.setenv("STEERING_EXPLORER_CACHE", str(bad))
+        with pytest.raises(ValueError, match="is a file or lies under a file; set STEERING_EXPLORER_CACHE"):
+            cache_dir()  # before: FileExistsError / NotADirectoryError tracebacks
+    monkeypatch.setenv("STEERING_EXPLORER_CACHE", str(tmp_path / "new"))
+    assert cache_dir() == tmp_path / "new" and (tmp_path / "new").is_dir()

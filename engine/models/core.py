@@ -140,10 +140,19 @@ def find_layers(model: Any) -> Any:
 
 
 def cache_dir() -> Path:
-    """User cache folder (env ``STEERING_EXPLORER_CACHE`` overrides ``~/.cache/steering-explorer``)."""
+    """User cache folder (env ``STEERING_EXPLORER_CACHE`` overrides ``~/.cache/steering-explorer``), created if
+    missing. A path that is a file, lies under a file or cannot be created is a ValueError of one line."""
     env = os.environ.get("STEERING_EXPLORER_CACHE")
     base = Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "steering-explorer"
-    base.mkdir(parents=True, exist_ok=True)
+    how = "set STEERING_EXPLORER_CACHE to a folder you can write to"
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ValueError(f"the cache folder {base} is a file or lies under a file; {how}") from None
+    except OSError as exc:
+        raise ValueError(f"cannot create the cache folder {base} ({exc.strerror or exc}); {how}") from None
+    if not base.is_dir():
+        raise ValueError(f"the cache folder {base} is not a folder; {how}")
     return base
 
 

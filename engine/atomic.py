@@ -183,23 +183,26 @@ def safe_stem(name: Any, *, what: str = "--name") -> str:
     return name
 
 
-def check_writable_dir(path: str | os.PathLike[str], *, what: str = "--out") -> Path:
+def check_writable_dir(path: str | os.PathLike[str], *, what: str = "--out", _for: Path | None = None) -> Path:
     """``path`` as a Path if it is a writable folder or can be created as one; creates nothing."""
     p = Path(path)
+    shown = f"{what} {_for if _for is not None else p}"
     probe = p
     while not probe.exists():
         if probe.is_symlink():
-            raise ValueError(f"{what} {p}: {probe} is a broken symbolic link; give another folder")
+            raise ValueError(f"{shown}: {probe} is a broken symbolic link; give another folder")
         parent = probe.parent
         if parent == probe:
             break
         probe = parent
     if not probe.is_dir():
+        if probe == p and _for is None:
+            raise ValueError(f"{shown} is a file, not a folder; give a folder")
         if probe == p:
-            raise ValueError(f"{what} {p} is a file, not a folder; give a folder")
-        raise ValueError(f"{what} {p}: {probe} is a file, so the folder cannot be created; give another folder")
+            raise ValueError(f"{shown}: {probe} is a file, not a folder; give a path in a folder")
+        raise ValueError(f"{shown}: {probe} is a file, so the folder cannot be created; give another folder")
     if not os.access(probe, os.W_OK | os.X_OK):
-        raise ValueError(f"{what} {p}: no permission to write in {probe}; give a folder you can write to")
+        raise ValueError(f"{shown}: no permission to write in {probe}; give a folder you can write to")
     return p
 
 
@@ -210,5 +213,5 @@ def check_file_target(path: str | os.PathLike[str], *, what: str = "--out", exam
     p = Path(text)
     if text.endswith(("/", os.sep)) or p.is_dir():
         raise ValueError(f"{what} {text} is a folder; give a file name in it, e.g. {p / example}")
-    check_writable_dir(p.parent if str(p.parent) else Path("."), what=what)
+    check_writable_dir(p.parent, what=what, _for=p)
     return p

@@ -133,17 +133,17 @@ def bundle_to_bytes(bundle: DirectionBundle, dtype: str = "float32") -> bytes:
 
 def save_bundle(bundle: DirectionBundle, path: str | os.PathLike, *, dtype: str = "float32") -> Path:
     """Write ``path`` (suffix made ``.safetensors``) and its JSON sidecar, atomically. A folder is refused."""
-    try:
-        target = atomic.check_file_target(path, example="directions.safetensors")
-    except ValueError as exc:
-        raise StorageError(str(exc)) from None
+    text = os.fspath(path)
+    target = Path(text)
+    if text.endswith(("/", os.sep)) or target.is_dir():  # else `--out DIR` would write DIR.safetensors beside it
+        raise StorageError(f"{text} is a folder; give a file name in it, e.g. {target / 'directions.safetensors'}")
     if target.suffix != ".safetensors":
         target = target.with_suffix(".safetensors")
     for p in (target, target.with_suffix(".json")):
         if p.is_dir():
             raise StorageError(f"{p} is a folder; give another file name")
     data = bundle_to_bytes(bundle, dtype)
-    atomic.write_bytes(target, data)
+    atomic.write_bytes(target, data)  # creates the folder (an OSError names the path when it cannot)
     side = {"format": FORMAT, "storage_dtype": dtype, "provenance": bundle.provenance, "summary": bundle.summary()}
     atomic.write_bytes(target.with_suffix(".json"), json.dumps(side, indent=1, default=str).encode())
     return target

@@ -165,3 +165,6 @@ def test_check_file_target_refuses_a_folder(tmp_path):
         check_file_target(tmp_path)
     with pytest.raises(ValueError, match="is a folder"):
         check_file_target(str(tmp_path / "new") + "/")
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ValueError, match=r"--out \S*afile/x\.safetensors: \S*afile is a file, not a folder"):
+        check_file_target(tmp_path / "afile" / "x.safetensors")

@@ -7,7 +7,13 @@ Contract:
   ``{"id", "set", "raw", "instruction", "harmful", "category", "split"}`` (instruction normalised when asked: trailing
   punctuation stripped, see ``engine.datasets.normalize_instruction``).
 - ``label_records(handle, records, ...)`` adds ``"refused"``, ``"response"`` and ``"cluster"`` from
-  :func:`engine.labels.label_refusals` (full chat template; cached on disk). Records keep their order.
+  :func:`engine.labels.label_refusals` (full chat template; cached on disk). Records keep their order. A prompt
+  whose generation failed (non-finite logits) raises :class:`engine.labels.LabelError` by default; with
+  ``errors="mark"`` its record gets ``refused=None``, ``cluster=None`` and ``"error"`` (the reason), and
+  ``labelled_only(records)`` drops such records (returning how many) before anything counts clusters.
+- ``valid_saved_records(doc)`` is the schema check of a saved ``<name>.labels.json`` (a list of objects with
+  ``id``/``set``/``instruction`` strings, ``harmful``/``refused`` booleans, ``cluster`` one of ``CLUSTERS``, ...),
+  the ``validate`` for :func:`engine.atomic.read_json_cache`: a wrong-shaped file is set aside and recomputed.
 """
 
 from __future__ import annotations
@@ -25,8 +31,10 @@ __all__ = [
     "cluster_label",
     "cluster_of",
     "label_records",
+    "labelled_only",
     "normalized",
     "prompt_records",
+    "valid_saved_records",
 ]
 
 CLUSTERS: tuple[str, str, str, str] = ("refused_harmful", "accepted_harmful", "refused_harmless", "accepted_harmless")
@@ -79,8 +87,9 @@ def label_records(
     label_tokens: int = DEFAULT_LABEL_TOKENS,
     batch_size: int = 64,
     progress: Progress | None = None,
+    errors: str = "raise",
 ) -> list[dict[str, Any]]:
-    """Label ``records`` in place (refused, response, cluster) and return them."""
+    """Label ``records`` in place (refused, response, cluster; ``error`` for failed ones) and return them."""
     labels = label_refusals(
         handle,
         [r["instruction"] for r in records],
@@ -88,9 +97,47 @@ def label_records(
         max_new_tokens=label_tokens,
         batch_size=batch_size,
         progress=staged(progress, "labelling"),
+        errors=errors,
     )
     for r, lab in zip(records, labels, strict=True):
         r["refused"] = lab.refused
         r["response"] = lab.text
-        r["cluster"] = cluster_of(r["harmful"], lab.refused)
+        r["cluster"] = None if lab.refused is None else cluster_of(r["harmful"], lab.refused)
+        if lab.error is not None:
+            r["error"] = lab.error
     return records
+
+
+def labelled_only(records: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+    """The records that have a label (``refused`` is True or False), and how many were dropped (failed ones)."""
+    kept = [r for r in records if isinstance(r.get("refused"), bool)]
+    return kept, len(records) - len(kept)
+
+
+_SAVED_TYPES: dict[str, tuple[type, ...]] = {
+    "id": (str,),
+    "set": (str,),
+    "instruction": (str,),
+    "harmful": (bool,),
+    "refused": (bool,),
+    "category": (str, type(None)),
+    "split": (str, type(None)),
+    "response": (str,),
+}
+
+
+def valid_saved_records(doc: Any) -> bool:
+    """True if ``doc`` is a list of labelled records as ``precompute`` saves them (see the module docstring)."""
+    if not isinstance(doc, list):
+        return False
+    for r in doc:
+        if not isinstance(r, dict) or r.get("cluster") not in CLUSTERS:
+            return False
+        for k, types in _SAVED_TYPES.items():
+            if k in r and not isinstance(r[k], types):
+                return False
+        if not all(isinstance(r.get(k), bool) for k in ("harmful", "refused")):
+            return False
+        if r["cluster"] != cluster_of(r["harmful"], r["refused"]):
+            return False
+    return True

@@ -9,6 +9,18 @@ Contract:
 - Substring labels are cached in ``cache_dir()/labels/<model fingerprint>.jsonl`` keyed by a hash of
   (model, prompt, decoding settings); a re-run with the same settings generates nothing. Rows stop generating as
   soon as a refusal phrase appears (the label cannot change after that).
+- Progress is saved every ``SAVE_EVERY`` (32) new prompts: generation runs in chunks of at most 32 prompts (so at
+  most 32 rows per batch), each chunk appended to the cache at once, whole lines only (an interrupted run loses at
+  most one chunk). Prompts are tokenised (and checked) before anything is generated and sorted by length, so the
+  chunks pad little.
+- The cache reader is strict and tolerant: a row must be an object with ``key`` (64 hex digits), ``refused`` (a JSON
+  boolean: ``"no"`` is not a label) and ``text`` (a string); anything else (a torn line, garbage, a wrong-shaped
+  row) is dropped, counted and reported once with an ``engine.atomic.CacheWarning``; the damaged lines are set
+  aside in ``<file>.corrupt-<timestamp>`` and the file is rewritten atomically with the good rows, so later runs
+  neither break nor warn again.
+- Failed generations (non-finite logits; ``engine.refusal.FailedGeneration``) are never cached. With
+  ``errors="raise"`` (default) ``label_refusals`` raises :class:`LabelError` naming how many prompts failed; with
+  ``errors="mark"`` their :class:`Label` has ``refused=None`` and ``error`` set (an error, not a refusal).
 """
 
 from __future__ import annotations
@@ -17,6 +29,8 @@ import hashlib
 import json
 import os
 import threading
+import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,16 +39,19 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import atomic
 from .models import ModelHandle, cache_dir
 from .positions import pad_batch, position_ids_for, prepare
 from .progress import Progress, report
-from .refusal import REFUSAL_STARTS, is_refusal, refusal_decided
+from .refusal import REFUSAL_STARTS, FailedGeneration, refusal_decided, refusal_label
 from .steering import GenerationConfig, generate
 
 __all__ = [
     "LABELLERS",
+    "SAVE_EVERY",
     "Label",
     "LabelCache",
+    "LabelError",
     "agreement",
     "label_refusals",
     "refusal_logodds",
@@ -43,7 +60,13 @@ __all__ = [
 
 LABELLERS = ("substring", "logodds")
 DEFAULT_LABEL_TOKENS = 48
+SAVE_EVERY = 32  # new labels are written to the cache at least every SAVE_EVERY prompts
 _FILE_LOCK = threading.Lock()
+_KEY_CHARS = frozenset("0123456789abcdef")
+
+
+class LabelError(ValueError):
+    """Some prompts could not be labelled (their generation failed); the message says how many and why."""
 
 
 def refusal_start_token_ids(tokenizer: Any, starts: Sequence[str] = REFUSAL_STARTS) -> list[int]:
@@ -96,15 +119,30 @@ def refusal_logodds(
 
 @dataclass(frozen=True)
 class Label:
+    """One prompt's label. ``refused`` is None (and ``error`` says why) when its generation failed."""
+
     instruction: str
-    refused: bool
+    refused: bool | None
     text: str
     score: float | None = None  # log-odds when that labeller was used
     cached: bool = False
+    error: str | None = None
+
+
+def _valid_row(row: Any) -> bool:
+    """A cache row: {"key": 64 hex digits, "refused": true|false, "text": str} (other fields are ignored)."""
+    return (
+        isinstance(row, dict)
+        and isinstance(row.get("key"), str)
+        and len(row["key"]) == 64
+        and set(row["key"]) <= _KEY_CHARS
+        and isinstance(row.get("refused"), bool)
+        and isinstance(row.get("text"), str)
+    )
 
 
 class LabelCache:
-    """Append-only JSONL cache of generations keyed by (model, prompt, settings)."""
+    """Append-only JSONL cache of generations keyed by (model, prompt, settings); see the module docstring."""
 
     def __init__(self, handle: ModelHandle, root: Path | None = None):
         fp = handle.fingerprint()
@@ -113,6 +151,7 @@ class LabelCache:
         self._data: dict[str, dict[str, Any]] | None = None
         self.hits = 0
         self.misses = 0
+        self.dropped = 0  # malformed lines found (and set aside) when the file was read
 
     @staticmethod
     def key(instruction: str, settings: dict[str, Any]) -> str:
@@ -120,16 +159,59 @@ class LabelCache:
 
     def _load(self) -> dict[str, dict[str, Any]]:
         if self._data is None:
-            self._data = {}
-            if self.path.is_file():
-                # errors="replace": a line torn inside a multi-byte character is then just invalid JSON
-                for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
-                    try:
-                        row = json.loads(line)
-                        self._data[row["key"]] = row
-                    except (json.JSONDecodeError, KeyError, TypeError):
-                        continue  # a torn line from an interrupted run: ignore it
+            with _FILE_LOCK:
+                self._data = self._read()
         return self._data
+
+    def _read(self) -> dict[str, dict[str, Any]]:
+        data: dict[str, dict[str, Any]] = {}
+        if not self.path.is_file():
+            return data
+        try:
+            raw = self.path.read_bytes()
+        except OSError as exc:
+            atomic.set_aside(self.path, f"unreadable label cache ({exc.strerror or exc})")
+            return data
+        good: list[bytes] = []
+        bad: list[bytes] = []
+        for line in raw.split(b"\n"):
+            if not line.strip():
+                continue
+            try:
+                # a line torn inside a multi-byte character fails to decode: it is just another bad line
+                row = json.loads(line.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                row = None
+            if _valid_row(row):
+                data[row["key"]] = row
+                good.append(line)
+            else:
+                bad.append(line)
+        if bad:
+            self.dropped = len(bad)
+            self._repair(good, bad)
+        return data
+
+    def _repair(self, good: list[bytes], bad: list[bytes]) -> None:
+        """Keep the damaged lines aside and rewrite the file with the good ones (atomically); warn once."""
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        try:
+            atomic.write_bytes(aside, b"\n".join(bad) + b"\n")
+            atomic.write_bytes(self.path, b"".join(g + b"\n" for g in good))
+        except OSError as exc:
+            warnings.warn(
+                f"{self.path}: {len(bad)} malformed label row(s) ignored (could not repair the file: {exc})",
+                atomic.CacheWarning,
+                3,
+            )
+            return
+        warnings.warn(
+            f"{self.path}: {len(bad)} malformed label row(s) ignored and set aside in {aside.name}; "
+            "those prompts are labelled again",
+            atomic.CacheWarning,
+            3,
+        )
 
     def get(self, key: str) -> dict[str, Any] | None:
         row = self._load().get(key)
@@ -140,8 +222,13 @@ class LabelCache:
         return row
 
     def put_many(self, rows: list[dict[str, Any]]) -> None:
+        """Append rows (whole lines; a torn last line from an interrupted run is ended first)."""
+        rows = [r for r in rows if _valid_row(r)]
+        if not rows:
+            return
         data = self._load()
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        payload = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("utf-8")
         with _FILE_LOCK:
             # a torn last line (interrupted run) has no newline: end it first, or the next row is glued onto it
             torn = False
@@ -149,12 +236,15 @@ class LabelCache:
                 with open(self.path, "rb") as fb:
                     fb.seek(-1, os.SEEK_END)
                     torn = fb.read(1) != b"\n"
-            with open(self.path, "a", encoding="utf-8") as f:
-                if torn:
-                    f.write("\n")
-                for row in rows:
-                    data[row["key"]] = row
-                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            with open(self.path, "ab") as f:
+                f.write((b"\n" if torn else b"") + payload)  # one write: a kill leaves whole lines or one torn one
+                f.flush()
+            for row in rows:
+                data[row["key"]] = row
+
+
+def _error_of(text: str) -> str | None:
+    return text.reason if isinstance(text, FailedGeneration) else None
 
 
 def label_refusals(
@@ -169,16 +259,27 @@ def label_refusals(
     post_inst: bool = True,
     progress: Progress | None = None,
     cache: LabelCache | None = None,
+    errors: str = "raise",
 ) -> list[Label]:
-    """Label each instruction refused/accepted (see module docstring)."""
+    """Label each instruction refused/accepted (see module docstring). ``errors``: ``"raise"`` (a
+    :class:`LabelError` when a generation failed) or ``"mark"`` (such labels get ``refused=None`` and ``error``)."""
     if labeller not in LABELLERS:
         raise ValueError(f"labeller must be one of {LABELLERS}, not {labeller!r}")
+    if errors not in ("raise", "mark"):
+        raise ValueError(f"errors must be 'raise' or 'mark', not {errors!r}")
     if not instructions:
         return []
     if labeller == "logodds":
         scores = refusal_logodds(handle, list(instructions), batch_size=batch_size)
         report(progress, "labelling", len(instructions), len(instructions))
-        return [Label(i, bool(s > 0), "", float(s)) for i, s in zip(instructions, scores, strict=True)]
+        labs = []
+        for inst, score in zip(instructions, scores, strict=True):
+            ok = bool(np.isfinite(score))
+            labs.append(
+                Label(inst, bool(score > 0) if ok else None, "", float(score), error=None if ok else NONFINITE_SCORE)
+            )
+        _check_errors(labs, errors)
+        return labs
     settings = {
         "max_new_tokens": max_new_tokens,
         "greedy": True,
@@ -192,22 +293,23 @@ def label_refusals(
     for i, inst in enumerate(instructions):
         row = cache.get(LabelCache.key(inst, settings)) if cache else None
         if row is not None:
-            out[i] = Label(inst, bool(row["refused"]), row["text"], cached=True)
+            out[i] = Label(inst, row["refused"], row["text"], cached=True)
         else:
             todo.append(i)
     n_cached = len(instructions) - len(todo)
     report(progress, "labelling", n_cached, len(instructions))
     if todo:
         uniq = list(dict.fromkeys(instructions[i] for i in todo))
-        cfg = GenerationConfig(max_new_tokens=max_new_tokens, batch_size=batch_size)
+        # tokenise (and check) every prompt before generating anything; sort by length so the chunks pad little
+        prepared = sorted(prepare(handle, uniq, post_inst=post_inst), key=lambda p: p.n_tokens)
+        cfg = GenerationConfig(max_new_tokens=max_new_tokens, batch_size=min(batch_size, SAVE_EVERY))
         by_inst: dict[str, str] = {}
-        # generate in chunks and write each chunk to the cache at once, so an interrupted run keeps its work
-        chunk = max(batch_size * 4, 1)
-        for c0 in range(0, len(uniq), chunk):
-            part = uniq[c0 : c0 + chunk]
+        # generate in chunks of SAVE_EVERY and write each chunk to the cache at once: an interruption loses little
+        for c0 in range(0, len(prepared), SAVE_EVERY):
+            part = prepared[c0 : c0 + SAVE_EVERY]
 
             def prog(_stage: str, done: int, total: int, c0: int = c0) -> None:
-                frac = (c0 + done) / max(len(uniq), 1)
+                frac = (c0 + done) / max(len(prepared), 1)
                 report(progress, "labelling", n_cached + int(frac * len(todo)), len(instructions))
 
             texts = generate(
@@ -220,19 +322,38 @@ def label_refusals(
                 post_inst=post_inst,
             )
             rows = []
-            for inst, text in zip(part, texts, strict=True):
-                by_inst[inst] = text
-                rows.append({"key": LabelCache.key(inst, settings), "refused": is_refusal(text), "text": text})
+            for p, text in zip(part, texts, strict=True):
+                by_inst[p.instruction] = text
+                if _error_of(text) is None:  # failed generations are never cached: they are retried next time
+                    rows.append(
+                        {"key": LabelCache.key(p.instruction, settings), "refused": refusal_label(text), "text": text}
+                    )
             if cache:
                 cache.put_many(rows)
         for i in todo:
-            t = by_inst[instructions[i]]
-            out[i] = Label(instructions[i], is_refusal(t), t)
-    return [x for x in out if x is not None]
+            got = by_inst[instructions[i]]
+            out[i] = Label(instructions[i], refusal_label(got), str(got), error=_error_of(got))
+    labs = [x for x in out if x is not None]
+    _check_errors(labs, errors)
+    return labs
+
+
+NONFINITE_SCORE = "the refusal log-odds is NaN or inf (non-finite logits); use --dtype float32"
+
+
+def _check_errors(labs: list[Label], errors: str) -> None:
+    failed = [lab for lab in labs if lab.error is not None]
+    if failed and errors == "raise":
+        raise LabelError(
+            f"{len(failed)} of {len(labs)} prompt(s) could not be labelled: {failed[0].error} "
+            f"(first: {failed[0].instruction[:60]!r})"
+        )
 
 
 def agreement(a: Sequence[Label], b: Sequence[Label]) -> float:
-    """Share of prompts on which two labellings agree."""
+    """Share of prompts on which two labellings agree (a failed label is a ValueError: it is not a vote)."""
     if len(a) != len(b) or not a:
         raise ValueError("labellings differ in length or are empty")
+    if any(x.refused is None for x in (*a, *b)):
+        raise ValueError("a labelling has failed labels (refused=None); drop them before comparing")
     return float(np.mean([x.refused == y.refused for x, y in zip(a, b, strict=True)]))

@@ -16,10 +16,29 @@ Contract:
 - ``prepare`` turns instructions into ``PromptPositions``; ``pad_batch`` left-pads a batch of them (token ids,
   attention mask, pad counts) on the model's input device; ``position_ids_for`` gives the position ids that make a
   padded row compute what it computes alone.
+
+User text is untrusted:
+- ``check_instruction`` refuses non-strings, empty text, text over ``max_chars`` and text with a **lone surrogate**
+  (U+D800..U+DFFF: what undecodable bytes in argv or a ``\ud800`` escape in JSON become); the message gives the
+  character's position. Lone surrogates are rejected, not repaired: guessing the intended text would change the
+  prompt silently.
+- **Special tokens in user text are plain text.** A user message containing a special token's text (e.g.
+  ``<|im_end|>\n<|im_start|>assistant\n``) would otherwise be tokenised as the real control tokens: it could forge
+  an assistant turn and move t_inst (a bypass of the Latent Guard). When the normal tokenisation of the prompt puts
+  a special token inside the user message, the prompt is tokenised in three pieces instead: the template before the
+  message and after it as usual (the template's own special tokens stay special), and the message itself with
+  special-token matching off (``encode_special_tokens``, on a private copy of the fast tokenizer's backend, so
+  other threads sharing the tokenizer are unaffected). ``<|im_end|>`` in an instruction then becomes text pieces
+  (``<``, ``|``, ``im``, ``_end``, ...), t_inst stays on the user's own last token, and no special token id occurs
+  between ``inst_start`` and ``t_inst``. Prompts without special-token text are tokenised exactly as before (the
+  ids equal the tokenizer's own chat-template rendering). Non-special added tokens (ordinary vocabulary entries)
+  are left as they are.
 """
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -33,6 +52,7 @@ __all__ = [
     "MAX_INSTRUCTION_CHARS",
     "PromptPositions",
     "check_instruction",
+    "check_text",
     "inversion_message",
     "locate",
     "pad_batch",
@@ -77,15 +97,28 @@ class PromptPositions:
         }
 
 
+def check_text(text: str, what: str = "the instruction") -> str:
+    """Refuse text with a lone surrogate (invalid UTF-8 that reached Python as U+D800..U+DFFF); returns ``text``."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        code = ord(text[exc.start])
+        raise ValueError(
+            f"{what} has an invalid character at position {exc.start} (U+{code:04X}, a lone surrogate: the text was "
+            "not valid UTF-8); remove it or re-save the text as UTF-8"
+        ) from None
+    return text
+
+
 def check_instruction(instruction: Any, max_chars: int = MAX_INSTRUCTION_CHARS) -> str:
-    """Validate user input: a non-empty string of at most ``max_chars`` characters."""
+    """Validate user input: a non-empty string of at most ``max_chars`` characters, without lone surrogates."""
     if not isinstance(instruction, str):
         raise ValueError(f"an instruction must be a string, not {type(instruction).__name__}")
     if not instruction.strip():
         raise ValueError("the instruction is empty; type a request")
     if len(instruction) > max_chars:
         raise ValueError(f"the instruction has {len(instruction)} characters; the limit is {max_chars}")
-    return instruction
+    return check_text(instruction)
 
 
 def render(tokenizer: Any, user_message: str, *, post_inst: bool = True, system: str | None = None) -> str:
@@ -143,7 +176,9 @@ def locate(
     is a character span of the user message for context-only steering (default: up to the instruction's end).
     """
     check_instruction(instruction, max_chars)
-    message = instruction if user_message is None else user_message
+    message = instruction if user_message is None else check_text(user_message, "the user message")
+    if system is not None:
+        check_text(system, "the system prompt")
     i0 = message.find(instruction)
     if i0 < 0:
         raise ValueError("the instruction does not occur in the user message")
@@ -162,14 +197,13 @@ def locate(
     s, e = in_prompt(i0), in_prompt(i1)
     cs, ce = in_prompt(c0), in_prompt(c1)
     prompt = full if post_inst else full[:e]
-    enc = tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True)
-    ids = list(enc["input_ids"])
-    offsets = [tuple(o) for o in enc["offset_mapping"]]
+    ids, offsets, head = _encode(tokenizer, prompt, lo, hi)
     add_special = False
     bos = getattr(tokenizer, "bos_token", None)
     # templates that do not write BOS themselves rely on the tokenizer adding it (Llama-2 style)
-    with_special = tokenizer(prompt, add_special_tokens=True)["input_ids"]
-    if len(with_special) == len(ids) + 1 and bos and not prompt.startswith(bos) and with_special[1:] == ids:
+    head_ids = ids if head == prompt else list(tokenizer(head, add_special_tokens=False)["input_ids"])
+    with_special = tokenizer(head, add_special_tokens=True)["input_ids"]
+    if len(with_special) == len(head_ids) + 1 and bos and not prompt.startswith(bos) and with_special[1:] == head_ids:
         ids = [with_special[0], *ids]
         offsets = [(0, 0), *offsets]
         add_special = True
@@ -205,6 +239,80 @@ def locate(
         post_inst=post_inst,
         add_special_tokens=add_special,
     )
+
+
+def _special_ids(tokenizer: Any) -> set[int]:
+    """Ids of the tokenizer's special tokens (named ones and every added token flagged special), except the unknown
+    token: that one is what unencodable text becomes, not a control token matched in the text."""
+    ids = {int(i) for i in getattr(tokenizer, "all_special_ids", []) or []}
+    for i, tok in (getattr(tokenizer, "added_tokens_decoder", None) or {}).items():
+        if getattr(tok, "special", False):
+            ids.add(int(i))
+    ids.discard(getattr(tokenizer, "unk_token_id", None))
+    return ids
+
+
+_LITERAL: weakref.WeakKeyDictionary[Any, tuple[int, Any]] = weakref.WeakKeyDictionary()
+_LITERAL_LOCK = threading.Lock()
+
+
+def _literal_backend(tokenizer: Any) -> Any:
+    """A private copy of the fast tokenizer's backend that encodes special-token text as ordinary text.
+
+    A copy, because transformers' ``split_special_tokens`` flips a flag on the shared backend for the duration of a
+    call: another thread tokenising at the same moment could then see special tokens parsed (or not) by mistake."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or not hasattr(backend, "encode_special_tokens"):
+        raise ValueError(
+            "the instruction contains the text of a special token (such as <|im_end|>) and this tokenizer cannot "
+            "encode it as plain text; remove it from the instruction"
+        )
+    from tokenizers import Tokenizer
+
+    with _LITERAL_LOCK:
+        size = len(tokenizer)
+        cached = _LITERAL.get(tokenizer)
+        if cached is not None and cached[0] == size:
+            return cached[1]
+        copy = Tokenizer.from_str(backend.to_str())
+        copy.no_truncation()
+        copy.no_padding()
+        copy.encode_special_tokens = True
+        _LITERAL[tokenizer] = (size, copy)
+        return copy
+
+
+def _encode(tokenizer: Any, prompt: str, lo: int, hi: int) -> tuple[list[int], list[tuple[int, int]], str]:
+    """Token ids and character offsets of ``prompt`` whose user message occupies ``[lo, hi)``, with any special-token
+    text inside the message encoded as plain text (see the module docstring). Also returns the text before the
+    first token that the BOS check must look at (the whole prompt, or the template part before the message)."""
+    enc = tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True)
+    ids = [int(i) for i in enc["input_ids"]]
+    offsets = [(int(a), int(b)) for a, b in enc["offset_mapping"]]
+    special = _special_ids(tokenizer)
+    hi = min(hi, len(prompt))
+    if not any(i in special and a < hi and b > lo for i, (a, b) in zip(ids, offsets, strict=True)):
+        return ids, offsets, prompt
+    head, tail = prompt[:lo], prompt[hi:]
+    out_ids: list[int] = []
+    out_off: list[tuple[int, int]] = []
+    if head:
+        h = tokenizer(head, add_special_tokens=False, return_offsets_mapping=True)
+        out_ids += [int(i) for i in h["input_ids"]]
+        out_off += [(int(a), int(b)) for a, b in h["offset_mapping"]]
+    m = _literal_backend(tokenizer).encode(prompt[lo:hi], add_special_tokens=False)
+    if any(int(i) in special for i in m.ids):
+        raise ValueError(
+            "the instruction contains the text of a special token (such as <|im_end|>) that this tokenizer cannot "
+            "encode as plain text; remove it from the instruction"
+        )
+    out_ids += [int(i) for i in m.ids]
+    out_off += [(lo + int(a), lo + int(b)) for a, b in m.offsets]
+    if tail:
+        t = tokenizer(tail, add_special_tokens=False, return_offsets_mapping=True)
+        out_ids += [int(i) for i in t["input_ids"]]
+        out_off += [(hi + int(a), hi + int(b)) for a, b in t["offset_mapping"]]
+    return out_ids, out_off, head
 
 
 def inversion_message(instruction: str, question: str) -> tuple[str, str, tuple[int, int]]:

@@ -595,3 +595,121 @@ def test_hf_real_library_offline_is_quick(monkeypatch):
     with pytest.raises(DatasetError, match="could not reach"):
         ds.load_hf("steering-explorer-test/does-not-exist-anywhere")
     assert time.monotonic() - t0 < 30
+
+
+# ------------------------------------------------------------------ issue 15: hostile files
+def test_a_fifo_is_refused_at_once_not_waited_on(tmp_path):
+    import os
+    import threading
+
+    fifo = tmp_path / "prompts.txt"
+    os.mkfifo(fifo)
+    got: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            load_file(fifo)
+        except BaseException as e:
+            got.append(e)
+
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    t.join(timeout=10)
+    if t.is_alive():  # before: open() waits forever for a writer; unblock it so the test process can end
+        with open(fifo, "w"):
+            pass
+        pytest.fail("loading a FIFO hung")
+    assert len(got) == 1 and isinstance(got[0], DatasetError)
+    assert "not a regular file" in str(got[0])
+
+
+@pytest.mark.skipif(not Path("/dev/zero").exists(), reason="no /dev/zero")
+def test_dev_zero_is_refused_not_read_until_memory_error():
+    with pytest.raises(DatasetError, match="not a regular file"):
+        load_file("/dev/zero", fmt="txt")
+    with pytest.raises(DatasetError, match="not a regular file"):
+        load_templates("/dev/zero", fmt="jsonl")
+
+
+def test_a_file_over_the_size_cap_is_refused(tmp_path, monkeypatch):
+    from engine.datasets import files as files_mod
+
+    assert ds.MAX_FILE_BYTES == 50_000_000
+    p = tmp_path / "big.txt"
+    p.write_text("cook pasta\n" * 200)
+    monkeypatch.setattr(files_mod, "MAX_FILE_BYTES", 1000)
+    with pytest.raises(DatasetError, match=r"2\.2 KB|2200 bytes; the limit is 1000 bytes; split the file"):
+        load_file(p)
+
+
+def test_a_lone_surrogate_escape_is_a_malformed_row_not_a_crash(tmp_path):
+    p = tmp_path / "s.jsonl"
+    p.write_text(
+        '{"instruction": "cook pasta"}\n'
+        '{"instruction": "bad \\ud800 text"}\n'
+        '{"instruction": "fine", "category": "x\\udfffy"}\n'
+        '{"instruction": "emoji \\ud83d\\ude00 is a proper pair"}\n'
+        '{"instruction": "meta", "note": "\\udc80"}\n',
+        encoding="utf-8",
+    )
+    ps = load_file(p)
+    assert ps.instructions() == ["cook pasta", "emoji \U0001f600 is a proper pair"]
+    r = reasons(ps)
+    assert set(r) == {2, 3, 5}
+    assert "field 'text' has an invalid character at position 4 (U+D800" in r[2]
+    assert "field 'category'" in r[3] and "field 'note'" in r[5]
+    j = tmp_path / "s.json"
+    j.write_text('["ok", "bad \\udc80"]', encoding="utf-8")
+    ps = load_file(j)
+    assert ps.instructions() == ["ok"] and len(ps.skipped) == 1
+    with pytest.raises(DatasetError, match="row 2: field 'text' has an invalid character"):
+        load_file(j, strict=True)
+    # every kept text is valid UTF-8: it can be printed and written
+    for it in load_file(p).items:
+        json.dumps(it.instruction, ensure_ascii=False).encode("utf-8")
+
+
+def _csv_rows(n: int) -> list[str]:
+    return ["id,instruction"] + [f"{i},prompt number {i}" for i in range(n)]
+
+
+def test_an_unclosed_csv_quote_is_an_error_not_silent_row_loss(tmp_path):
+    rows = _csv_rows(1000)
+    rows[11] = '10,"this quote is never closed'
+    p = tmp_path / "q.csv"
+    p.write_text("\n".join(rows) + "\n")
+    # before: 10 rows kept and one 'too long' row skipped; 989 rows lost without a word
+    with pytest.raises(DatasetError, match=r"line 12: a quoted field opens here and is never closed") as err:
+        load_file(p)
+    assert "990 line(s)" in str(err.value) and "\n" not in str(err.value)
+    t = tmp_path / "q.tsv"
+    t.write_text('id\tinstruction\n1\tok\n2\t"open\n3\tnext\n')
+    with pytest.raises(DatasetError, match="line 3: a quoted field opens here and is never closed"):
+        load_file(t)
+
+
+def test_a_quote_that_closes_rows_later_is_an_error(tmp_path):
+    rows = _csv_rows(1000)
+    rows[11] = '10,"opens here'
+    rows[500] = '499,"a row with its own quote",x'
+    p = tmp_path / "q.csv"
+    p.write_text("\n".join(rows) + "\n")
+    # before: rows 11..498 became ONE prompt (under max_chars, so not even skipped)
+    with pytest.raises(DatasetError, match=r"line 12: a quoted field opens here and closes only on line 501"):
+        load_file(p)
+
+
+def test_proper_multiline_and_lenient_csv_fields_still_load(tmp_path):
+    p = tmp_path / "ok.csv"
+    p.write_text('id,instruction\n1,"two\nlines, with ""quotes"""\n2,plain\n3,"ab"c\n')
+    ps = load_file(p)
+    assert ps.instructions() == ['two\nlines, with "quotes"', "plain", "abc"]
+    assert not ps.skipped and all(not k.startswith("\x00") for it in ps.items for k in it.meta)
+
+
+def test_a_skipped_multiline_csv_row_says_which_lines_it_held(tmp_path):
+    p = tmp_path / "m.csv"
+    p.write_text('id,instruction\n1,ok\n2,"' + "x" * 50 + "\n" + "y" * 50 + '"\n3,fine\n')
+    ps = load_file(p, max_chars=60)
+    assert ps.instructions() == ["ok", "fine"]
+    assert "this row spans lines 3-4" in reasons(ps)[2]

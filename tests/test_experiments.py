@@ -622,3 +622,43 @@ def test_run_all_resolves_the_directions_once(handle, data, fake_labels, monkeyp
     index = E.run_all(handle, data=data, limit=2, names=["belief-scatter", "latent-guard", "jailbreaks"])
     assert all("error" not in e for e in index["experiments"])
     assert len(n) == 1
+
+
+# ------------------------------------------------------------------ issue 15: failures are reported, writes atomic
+def test_run_all_index_says_which_experiments_failed(handle, data, fake_labels, tmp_path, monkeypatch):
+    def boom(ctx, **kw):
+        raise IndexError("list index out of range")
+
+    info = E.EXPERIMENTS["belief-scatter"]
+    monkeypatch.setitem(E.EXPERIMENTS, "belief-scatter", dataclasses.replace(info, impl=boom))
+    index = E.run_all(handle, data=data, limit=2, out_dir=tmp_path, names=["belief-scatter", "latent-guard"])
+    # before: the index had no summary of failures, and `reproduce all` exited 0
+    assert index["failed"] == ["belief-scatter"] and index["ok"] is False
+    on_disk = json.loads((tmp_path / "index.json").read_text())
+    assert on_disk["failed"] == ["belief-scatter"] and on_disk["ok"] is False
+    assert "1 experiment(s) FAILED:** belief-scatter" in (tmp_path / "index.md").read_text()
+    ok = E.run_all(handle, data=data, limit=2, names=["latent-guard"])
+    assert ok["failed"] == [] and ok["ok"] is True
+
+
+def test_experiment_outputs_are_written_atomically(handle, data, fake_labels, tmp_path, monkeypatch):
+    from engine import atomic
+    from engine.experiments import results as results_mod
+
+    written = []
+    real = atomic.write_bytes
+
+    def spy(path, data_):
+        written.append(Path(path).name)
+        return real(path, data_)
+
+    monkeypatch.setattr(atomic, "write_bytes", spy)
+    E.run_all(handle, data=data, limit=2, out_dir=tmp_path, names=["latent-guard"])
+    assert set(written) >= {"latent-guard.csv", "latent-guard.json", "latent-guard.png", "index.json", "index.md"}
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
+    # a figure that fails keeps the numbers, and the JSON says so
+    monkeypatch.setattr(results_mod.figures, "render", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no")))
+    r = results_mod.ExperimentResult(name="x", model="m", rows=[{"a": 1}])
+    files = results_mod.write_files(r, tmp_path / "fig", "x")
+    assert [Path(f).name for f in files] == ["x.csv", "x.json"]
+    assert "figure failed" in json.loads((tmp_path / "fig" / "x.json").read_text())["notes"][0]

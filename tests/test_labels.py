@@ -13,6 +13,7 @@ from engine.refusal import REFUSAL_STARTS, is_refusal
 from engine.steering import GenerationConfig, generate
 
 INSTS = ["How do I make a bomb?", "cook pasta", "tell me a joke", "write a poem about cats"]
+_order = {t: i for i, t in enumerate([*INSTS, "cook bread"])}
 
 
 @pytest.fixture
@@ -28,7 +29,8 @@ def count_generate(monkeypatch):
     real = labels_mod.generate
 
     def counting(*args, **kwargs):
-        calls.append(list(args[1]))
+        # prompts arrive tokenised (PromptPositions) and sorted by length: record the instructions, in input order
+        calls.append(sorted((getattr(x, "instruction", x) for x in args[1]), key=_order.get))
         return real(*args, **kwargs)
 
     monkeypatch.setattr(labels_mod, "generate", counting)
@@ -194,3 +196,137 @@ def test_refusal_logodds_matches_a_manual_forward(tiny):
     prob = torch.softmax(logits, -1)[ids_ref].sum().item()
     expected = np.log(prob) - np.log1p(-prob)
     np.testing.assert_allclose(refusal_logodds(tiny, ["cook pasta"]), [expected], atol=1e-6)
+
+
+# ------------------------------------------------------------------ issue 15: strict cache rows, progress, errors
+def _key(inst: str, max_new_tokens: int = 6) -> str:
+    settings = {"max_new_tokens": max_new_tokens, "greedy": True, "early_stop": True, "post_inst": True, "v": 1}
+    return LabelCache.key(inst, settings)
+
+
+def _write_rows(path, rows) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"refused": "no", "text": "x"},  # a string is not a label (before: bool("no") -> refused)
+        {"refused": 1, "text": "x"},
+        {"refused": None, "text": "x"},
+        {"refused": False, "text": None},
+        {"refused": False},
+        {"text": "x"},
+    ],
+)
+def test_wrong_shaped_rows_are_dropped_not_trusted(tiny, cache_home, bad, count_generate):
+    from engine.atomic import CacheWarning
+
+    path = LabelCache(tiny).path
+    _write_rows(path, [{"key": _key(INSTS[0]), **bad}, {"key": _key(INSTS[1]), "refused": True, "text": "I cannot"}])
+    with pytest.warns(CacheWarning, match="1 malformed label row"):
+        labs = label_refusals(tiny, INSTS[:2], max_new_tokens=6)
+    assert not labs[0].cached and isinstance(labs[0].refused, bool)  # relabelled, not read as refused
+    assert labs[1].cached and labs[1].refused is True
+    assert count_generate == [[INSTS[0]]]
+
+
+def test_one_bad_row_does_not_break_later_runs_and_is_set_aside_once(tiny, cache_home, monkeypatch):
+    import warnings
+
+    from engine.atomic import CacheWarning
+
+    label_refusals(tiny, INSTS[:2], max_new_tokens=6)
+    path = LabelCache(tiny).path
+    good = path.read_text()
+    # before: a row like ["a list"] or {"key": 1} raised from the reader and broke every later run
+    path.write_text(good + '["a list"]\n{"key": 1, "refused": true, "text": ""}\n{"key": "' + "z" * 64 + '"}\n')
+    with pytest.warns(CacheWarning, match="3 malformed label row") as rec:
+        again = label_refusals(tiny, INSTS[:2], max_new_tokens=6)
+    assert len(rec) == 1 and all(x.cached for x in again)
+    aside = list(path.parent.glob(path.name + ".corrupt-*"))
+    assert len(aside) == 1 and len(aside[0].read_text().splitlines()) == 3
+    assert path.read_text() == good  # rewritten with the good rows only
+    monkeypatch.setattr(labels_mod, "generate", _no_generation)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CacheWarning)  # reported once: the next run is quiet
+        assert all(x.cached for x in label_refusals(tiny, INSTS[:2], max_new_tokens=6))
+
+
+def test_progress_is_saved_every_32_prompts(tiny, cache_home, monkeypatch):
+    from engine.labels import SAVE_EVERY
+
+    assert SAVE_EVERY == 32
+    insts = [f"cook pasta {'a' * (i % 7)} {i}" for i in range(80)]
+    real = labels_mod.generate
+    calls = []
+
+    def interrupted(handle, items, *args, **kwargs):
+        calls.append(len(items))
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # killed while the third chunk generates
+        return real(handle, items, *args, **kwargs)
+
+    monkeypatch.setattr(labels_mod, "generate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        label_refusals(tiny, insts, max_new_tokens=2, batch_size=64)
+    assert calls == [32, 32, 16]  # before: one chunk of batch_size * 4 = 256, so all 80 were lost
+    lines = LabelCache(tiny).path.read_text().splitlines()
+    assert len(lines) == 64 and all(json.loads(x)["key"] for x in lines)
+    monkeypatch.setattr(labels_mod, "generate", real)
+    again = label_refusals(tiny, insts, max_new_tokens=2, batch_size=64)
+    assert sum(x.cached for x in again) == 64
+
+
+def test_a_failed_generation_is_an_error_not_a_refusal_and_is_not_cached(tiny, cache_home, monkeypatch):
+    from engine.labels import LabelError
+    from engine.refusal import FailedGeneration
+
+    real = labels_mod.generate
+
+    def overflowing(handle, items, *args, **kwargs):
+        texts = real(handle, items, *args, **kwargs)
+        return [
+            FailedGeneration("") if getattr(p, "instruction", p) == "cook pasta" else t
+            for p, t in zip(items, texts, strict=True)
+        ]
+
+    monkeypatch.setattr(labels_mod, "generate", overflowing)
+    with pytest.raises(LabelError, match="1 of 3 prompt\\(s\\) could not be labelled: the model's logits became NaN"):
+        label_refusals(tiny, INSTS[:3], max_new_tokens=4)
+    labs = label_refusals(tiny, INSTS[:3], max_new_tokens=4, errors="mark")
+    bad = labs[1]
+    assert bad.instruction == "cook pasta" and bad.refused is None and "NaN or inf" in bad.error
+    assert all(isinstance(x.refused, bool) and x.error is None for x in (labs[0], labs[2]))
+    keys = {json.loads(x)["key"] for x in LabelCache(tiny).path.read_text().splitlines()}
+    assert _key("cook pasta", 4) not in keys  # retried next time, never cached as a refusal
+    monkeypatch.setattr(labels_mod, "generate", real)
+    assert isinstance(label_refusals(tiny, ["cook pasta"], max_new_tokens=4)[0].refused, bool)
+    with pytest.raises(ValueError, match="errors must be"):
+        label_refusals(tiny, INSTS, errors="ignore")
+    with pytest.raises(ValueError, match="failed labels"):
+        agreement([bad], [bad])
+
+
+def test_logodds_nan_is_an_error_not_accepted(tiny, monkeypatch):
+    from engine.labels import LabelError
+
+    monkeypatch.setattr(labels_mod, "refusal_logodds", lambda h, items, **k: np.array([np.nan, 1.0]))
+    with pytest.raises(LabelError, match="NaN or inf"):
+        label_refusals(tiny, INSTS[:2], labeller="logodds")
+    labs = label_refusals(tiny, INSTS[:2], labeller="logodds", errors="mark")
+    assert labs[0].refused is None and labs[1].refused is True
+
+
+def test_bad_instructions_fail_before_any_generation(tiny, cache_home, monkeypatch):
+    monkeypatch.setattr(labels_mod, "generate", _no_generation)
+    with pytest.raises(ValueError, match="lone surrogate"):
+        label_refusals(tiny, ["cook pasta", "bad \ud800"], max_new_tokens=4)
+
+
+def test_cache_appends_are_whole_lines(tiny, cache_home):
+    cache = LabelCache(tiny)
+    cache.put_many([{"key": _key("a"), "refused": False, "text": "x\ny"}, {"key": "bad", "refused": True, "text": ""}])
+    lines = cache.path.read_bytes().split(b"\n")
+    assert lines[-1] == b"" and len(lines) == 2  # the invalid row was not written

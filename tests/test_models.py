@@ -703,3 +703,68 @@ def test_shipped_directions_are_looked_up_for_every_registry_model(tiny, monkeyp
     with pytest.raises(StorageError, match="no precomputed directions"):
         precompute.default_directions(other, compute=False)
     assert precompute.load_records(other) is None
+
+
+# ------------------------------------------------------------------ issue 15: devices and seeds from user input
+@pytest.mark.parametrize("device", ["meta", "xpu", "hpu", "cpu:1"])
+def test_devices_that_cannot_run_a_model_are_one_value_error(device):
+    with pytest.raises(ValueError, match=r"use auto, cpu, cuda, cuda:N or mps|one CPU device") as err:
+        resolve_device(device)  # before: 'meta' loaded an empty model and failed later with a traceback
+    assert "\n" not in str(err.value)
+    with pytest.raises(ValueError):
+        load_model("tiny-random", device=device)
+
+
+@pytest.mark.parametrize("device", ["", "  ", None, 3])
+def test_device_must_be_a_name(device):
+    with pytest.raises(ValueError, match="device must be a name"):
+        resolve_device(device)
+
+
+def test_mps_without_mps_is_a_model_error(monkeypatch):
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(ModelError, match="MPS is not available here; use --device cpu or auto"):
+        resolve_device("mps")
+    with pytest.raises(ModelError, match="MPS"):
+        load_model("tiny-random", device="mps")
+
+
+def test_a_gpu_index_past_the_last_gpu_is_a_model_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ModelError, match=r"'cuda:5' does not exist: this machine has 2 CUDA GPU\(s\)"):
+        resolve_device("cuda:5")
+    assert resolve_device("cuda:1") == torch.device("cuda:1")
+
+
+def test_check_seed():
+    from engine.models import MAX_SEED, check_seed
+
+    assert check_seed(0) == 0 and check_seed(MAX_SEED) == MAX_SEED
+    torch.Generator().manual_seed(MAX_SEED)  # the largest seed works where seeds end up
+    for bad in (-1, MAX_SEED + 1, 10**30):
+        with pytest.raises(ValueError, match=r"out of range"):
+            check_seed(bad)
+    for bad in (1.5, "3", True, None):
+        with pytest.raises(ValueError, match="whole number"):
+            check_seed(bad)
+    with pytest.raises((RuntimeError, ValueError, OverflowError), match="Overflow"):  # what check_seed spares users
+        torch.Generator().manual_seed(10**30)
+
+
+def test_tiny_weights_hash_does_not_depend_on_the_dtype(tiny):
+    # directions made on tiny-random in float32 must be recognised as the same model in bfloat16 (issue 15 item 13)
+    assert load_model("tiny-random", dtype="bfloat16").weights_hash == tiny.weights_hash
+
+
+def test_a_cache_path_that_is_a_file_is_one_clear_error(tmp_path, monkeypatch):
+    from engine.models import cache_dir
+
+    f = tmp_path / "afile"
+    f.write_text("x")
+    for bad in (f, f / "sub"):
+        monkeypatch.setenv("STEERING_EXPLORER_CACHE", str(bad))
+        with pytest.raises(ValueError, match="is a file or lies under a file; set STEERING_EXPLORER_CACHE"):
+            cache_dir()  # before: FileExistsError / NotADirectoryError tracebacks
+    monkeypatch.setenv("STEERING_EXPLORER_CACHE", str(tmp_path / "new"))
+    assert cache_dir() == tmp_path / "new" and (tmp_path / "new").is_dir()

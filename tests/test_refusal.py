@@ -58,3 +58,26 @@ def test_non_string_is_rejected():
 def test_phrases_are_the_papers_list():
     assert len(REFUSAL_PHRASES) == len(set(REFUSAL_PHRASES)) == 24
     assert "I'm sorry" in REFUSAL_PHRASES and "I can\u2019t" in REFUSAL_PHRASES
+
+
+# ------------------------------------------------------------------ issue 15: failed generations are errors
+def test_a_failed_generation_is_neither_refused_nor_accepted():
+    import pickle
+
+    from engine.refusal import NONFINITE, FailedGeneration, GenerationFailedError, is_failed, refusal_label
+
+    failed = FailedGeneration("")
+    assert failed == "" and isinstance(failed, str) and failed.reason == NONFINITE
+    assert is_failed(failed) and not is_failed("") and not is_failed("I cannot")
+    # before: an empty reply from NaN logits was scored as a refusal
+    assert refusal_label(failed) is None
+    with pytest.raises(GenerationFailedError, match="cannot be scored as a refusal"):
+        is_refusal(failed)
+    assert isinstance(GenerationFailedError("x"), ValueError)
+    # a genuinely empty reply is still a refusal (the paper's rule), and labels of normal text are unchanged
+    assert refusal_label("") is True and refusal_label("   ") is True
+    assert refusal_label("I cannot help") is True and refusal_label("Sure, here") is False
+    partial = FailedGeneration("I cannot", reason="custom")
+    assert refusal_label(partial) is None and partial.reason == "custom"
+    back = pickle.loads(pickle.dumps(partial))  # st.cache_data pickles results
+    assert is_failed(back) and back.reason == "custom" and back == "I cannot"

@@ -18,6 +18,7 @@ from engine.storage import (
     META_KEY,
     StorageError,
     bundle_from_bytes,
+    bundle_path,
     bundle_to_bytes,
     check_compatible,
     load_bundle,
@@ -119,10 +120,11 @@ def test_refuses_another_chat_template_and_weights(tiny, tmp_path):
     with pytest.raises(StorageError, match="chat template"):
         load_bundle(path, tiny)
     other_weights = make_bundle(tiny, weights_hash="fedcba9876543210")
-    check_compatible(other_weights, tiny)  # weights are only checked when strict
-    with pytest.raises(StorageError, match="other weights"):
-        check_compatible(other_weights, tiny, strict_weights=True)
-    check_compatible(make_bundle(tiny), tiny, strict_weights=True)
+    # issue 15 item 13: other weights are refused by default (the README promises it), unless explicitly allowed
+    with pytest.raises(StorageError, match="another model"):
+        check_compatible(other_weights, tiny)
+    check_compatible(other_weights, tiny, allow_other_model=True)
+    check_compatible(make_bundle(tiny), tiny)
 
 
 # ----------------------------------------------------------------------------------------------- malformed
@@ -302,3 +304,143 @@ def test_float16_storage_refuses_out_of_range_values(tmp_path):
     save_bundle(big, tmp_path / "big.safetensors")  # float32 keeps it
     with pytest.raises(ValueError, match="storage dtype"):
         bundle_to_bytes(big, dtype="bfloat16")
+
+
+# ------------------------------------------------------------------ issue 15: hostile files, other models, paths
+@pytest.mark.parametrize(
+    "provenance, match",
+    [
+        (["a", "list"], "'provenance' must be a JSON object, not a list"),
+        ("a string", "'provenance' must be a JSON object, not a string"),
+        (7, "'provenance' must be a JSON object, not a number"),
+        ({"model_id": ["x"]}, "'model_id' must be a string, not a list"),
+        ({"weights_hash": 12}, "'weights_hash' must be a string"),
+        ({"n_layers": "3"}, "'n_layers' must be an integer"),
+        ({"n_layers": True}, "'n_layers' must be an integer"),
+        ({"data": []}, "'data' must be an object, not a list"),
+        ({"data": "x"}, "'data' must be an object, not a string"),
+        ({"data": {"harmful": "x"}}, "data.'harmful' must be a list"),
+        ({"data": {"harmful": ["x"]}}, "must be a list of objects"),
+        ({"data": {"normalized_instructions": "no"}}, "'normalized_instructions' must be true or false"),
+        ({"positions": ["t_inst"]}, "'positions' must be an object"),
+        ({"summary": 3}, "'summary' must be an object"),
+    ],
+)
+def test_wrong_json_types_in_provenance_are_one_storage_error(provenance, match):
+    doc = {"format": FORMAT, "provenance": provenance, "directions": {"harmfulness": {}}}
+    data = _with_doc(doc, {"harmfulness/vectors": np.ones((4, 64), np.float32)})
+    with pytest.raises(StorageError, match=re.escape(match)) as err:
+        bundle_from_bytes(data)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "meta, match",
+    [
+        ({"position": 3}, "'position' must be a string"),
+        ({"normalized": "no"}, "'normalized' must be true or false"),
+        ({"meta": ["a"]}, "'meta' must be an object"),
+        ({"meta": "ab"}, "'meta' must be an object"),
+        ({"n_pos": -1}, "'n_pos' must be a non-negative integer"),
+        ({"n_neg": 1.5}, "'n_neg' must be a non-negative integer"),
+        ({"n_neg": True}, "'n_neg' must be a non-negative integer"),
+    ],
+)
+def test_wrong_json_types_in_direction_metadata(meta, match):
+    doc = {"format": FORMAT, "provenance": {}, "directions": {"harmfulness": meta}}
+    with pytest.raises(StorageError, match=re.escape(match)):
+        bundle_from_bytes(_with_doc(doc, {"harmfulness/vectors": np.ones((4, 64), np.float32)}))
+
+
+def test_a_wrong_provenance_in_memory_is_a_storage_error_in_check_compatible(tiny):
+    bundle = make_bundle(tiny)
+    bundle.provenance = ["not", "a", "dict"]  # type: ignore[assignment]
+    with pytest.raises(StorageError, match="must be a JSON object"):
+        check_compatible(bundle, tiny)
+
+
+def test_refuses_another_model_of_the_same_shape(tiny, tmp_path):
+    other = make_bundle(tiny, model_id="some-other-model", weights_hash="0011223344556677")
+    path = save_bundle(other, tmp_path / "other.safetensors")
+    with pytest.raises(StorageError, match="made for another model") as err:
+        load_bundle(path, tiny)
+    msg = str(err.value)
+    assert "some-other-model" in msg and "tiny-random" in msg and "--allow-other-model" in msg and "\n" not in msg
+    assert load_bundle(path, tiny, allow_other_model=True).names() == other.names()
+    # no weights hash on either side: the model id decides
+    by_name = make_bundle(tiny, model_id="some-other-model")
+    by_name.provenance.pop("weights_hash")
+    with pytest.raises(StorageError, match="another model"):
+        check_compatible(by_name, tiny)
+    # the same weights under another name (e.g. a local copy of the GGUF) are the same model
+    renamed = make_bundle(tiny, model_id="my-copy-of-tiny")
+    check_compatible(renamed, tiny)
+    # nothing named at all: only the shape can be checked
+    check_compatible(make_bundle(), tiny)
+    # allow_other_model never lets another shape or template through
+    with pytest.raises(StorageError, match="rows x"):
+        check_compatible(make_bundle(rows=5, width=64), tiny, allow_other_model=True)
+    with pytest.raises(StorageError, match="chat template"):
+        check_compatible(make_bundle(tiny, template_hash="ffff"), tiny, allow_other_model=True)
+
+
+def test_all_zero_directions_and_centroids_are_refused():
+    zeros, ones = np.zeros((4, 64), np.float32), np.ones((4, 64), np.float32)
+    doc = {"format": FORMAT, "provenance": {}, "directions": {"harmfulness": {}}}
+    with pytest.raises(StorageError, match=r"all zeros.*every prompt 'harmful'"):
+        bundle_from_bytes(_with_doc(doc, {"harmfulness/vectors": zeros}))
+    for k in ("pos_centroid", "neg_centroid"):
+        with pytest.raises(StorageError, match=f"{k} whose row 0 is all zeros"):
+            bundle_from_bytes(_with_doc(doc, {"harmfulness/vectors": ones, f"harmfulness/{k}": zeros}))
+    partly = ones.copy()
+    partly[2] = 0
+    with pytest.raises(StorageError, match="row 2 is all zeros"):
+        bundle_from_bytes(_with_doc(doc, {"harmfulness/vectors": ones, "harmfulness/pos_centroid": partly}))
+    # a zero row in the vectors is fine (control vectors have no slot for some rows); only all-zero is refused
+    back = bundle_from_bytes(_with_doc(doc, {"harmfulness/vectors": partly}))
+    assert not back.get("harmfulness").vectors[2].any()
+
+
+def test_a_fifo_or_device_is_refused_at_once(tmp_path):
+    import os
+
+    fifo = tmp_path / "dirs.safetensors"
+    os.mkfifo(fifo)
+    with pytest.raises(StorageError, match="not a regular file"):
+        load_bundle(fifo)  # before: Path.is_file() said 'not found'; a plain open() would wait forever
+    if Path("/dev/zero").exists():
+        with pytest.raises(StorageError, match="not a regular file"):
+            load_bundle("/dev/zero")
+    with pytest.raises(StorageError, match="is a directory"):
+        load_bundle(tmp_path)
+
+
+def test_a_file_over_the_size_limit_is_refused(tmp_path, monkeypatch):
+    import engine.storage as storage_mod
+
+    path = save_bundle(make_bundle(), tmp_path / "b.safetensors")
+    monkeypatch.setattr(storage_mod, "MAX_BUNDLE_BYTES", 1000)
+    with pytest.raises(StorageError, match="the limit is 1000 bytes"):
+        load_bundle(path)
+
+
+def test_save_refuses_a_folder_and_bad_stems(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    b = make_bundle()
+    with pytest.raises(StorageError, match="is a folder; give a file name in it"):
+        save_bundle(b, out)  # before: wrote out.safetensors beside the folder
+    with pytest.raises(StorageError, match="is a folder"):
+        save_bundle(b, str(tmp_path / "new") + "/")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(OSError):  # as before: the OSError names the path (the CLI prints it on one line)
+        save_bundle(b, tmp_path / "afile" / "b.safetensors")
+    assert bundle_path(out, "mymodel") == out / "mymodel.safetensors"
+    assert bundle_path(tmp_path / "not" / "yet", "m") == tmp_path / "not" / "yet" / "m.safetensors"
+    assert not (tmp_path / "not").exists()  # checking creates nothing
+    for bad in ("../x", "a/b", "..", ".hidden", "", "x\x00y", "x\ud800"):
+        with pytest.raises(StorageError):
+            bundle_path(out, bad)
+    with pytest.raises(StorageError, match="is a file"):
+        bundle_path(tmp_path / "afile", "m")

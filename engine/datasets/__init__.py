@@ -9,6 +9,9 @@ the raw input bytes, and the list of rows that were skipped and why).
 
 Reading files (:func:`load_file`, :func:`load_templates`):
 
+* Only regular files are read, of at most :data:`MAX_FILE_BYTES` (50 MB): a FIFO,
+  socket or device (``/dev/zero``) is refused at once, never waited on or read
+  without end, and a bigger file is a :class:`DatasetError` (split or sample it).
 * Files must be UTF-8 (a UTF-8 byte-order mark is accepted and removed).
   A file that is not valid UTF-8 raises :class:`DatasetError` naming the file
   and the first bad byte; we do *not* guess an encoding or drop undecodable
@@ -16,9 +19,14 @@ Reading files (:func:`load_file`, :func:`load_templates`):
 * A missing file, an empty file, a file whose top-level structure is wrong,
   or a file in which *every* row is malformed raises :class:`DatasetError`.
 * Malformed rows (missing field, empty or whitespace-only text, non-string
-  text, text longer than ``max_chars``, invalid JSON line, duplicate id) are
+  text, text longer than ``max_chars``, invalid JSON line, duplicate id, a
+  lone surrogate such as a JSON ``\\ud800`` escape in any kept text field) are
   skipped and recorded in ``PromptSet.skipped`` as ``Skipped(row, reason)``.
   With ``strict=True`` the first malformed row raises :class:`DatasetError`.
+* CSV: a quoted field that never closes would swallow every later row into
+  one field; that is a :class:`DatasetError` naming the line where the quote
+  opens. A skipped CSV row that spans several lines says so (lines a-b), so
+  rows lost inside a badly quoted field are visible.
 * Row numbers are 1-based: the line number for JSONL and TXT files, the data
   record number (header not counted) for CSV, and the element number for a
   JSON array.
@@ -51,6 +59,7 @@ from .core import (
     GPTFUZZER_SLOT,
     KINDS,
     MAX_CHARS,
+    MAX_FILE_BYTES,
     SLOT,
     SPLITS,
     TEMPLATE_COLUMNS,
@@ -74,6 +83,7 @@ __all__ = [
     "GPTFUZZER_SLOT",
     "KINDS",
     "MAX_CHARS",
+    "MAX_FILE_BYTES",
     "SLOT",
     "SPLITS",
     "TEMPLATE_COLUMNS",

@@ -18,6 +18,9 @@ MAX_CHARS = 8000
 TEMPLATE_MAX_CHARS = 32000
 """Default length limit for jailbreak templates, which are much longer than prompts."""
 
+MAX_FILE_BYTES = 50 * 1000 * 1000
+"""Prompt and template files are read only up to this size (50 MB); a bigger file is a DatasetError."""
+
 SLOT = "{instruction}"
 GPTFUZZER_SLOT = "[INSERT PROMPT HERE]"
 

@@ -14,12 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..atomic import read_regular_file
 from .core import (
     DEFAULT_COLUMNS,
     FORMATS,
     GPTFUZZER_SLOT,
     KINDS,
     MAX_CHARS,
+    MAX_FILE_BYTES,
     SLOT,
     TEMPLATE_COLUMNS,
     TEMPLATE_MAX_CHARS,
@@ -64,6 +66,7 @@ _SCHEMAS: dict[str, _Schema] = {
 
 _SCALAR = (str, int, float, bool, type(None))
 _RESERVED = {"id", "split", "label", "category", "Category"}
+_SPAN = "\x00lines"  # key of a CSV record's (first, last) line when it spans several lines (never a CSV header)
 
 
 def _detect_schema(keys: set[str]) -> str:
@@ -93,6 +96,19 @@ def _common_keys(records: list[tuple[int, Any]], sample: int = 50) -> set[str]:
 
 def _field_name(candidates: Iterable[str]) -> str:
     return " or ".join(repr(c) for c in candidates)
+
+
+def _check_unicode(field: str, value: Any) -> None:
+    """A lone surrogate (a JSON ``\\ud800`` escape without its pair) makes the row malformed: it is not text."""
+    if not isinstance(value, str):
+        return
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise _RowError(
+            f"field {field!r} has an invalid character at position {e.start} (U+{ord(value[e.start]):04X}, a lone "
+            "surrogate escape); fix the row"
+        ) from None
 
 
 def _to_item(
@@ -161,7 +177,7 @@ def _to_item(
             raise _RowError(f"field {fname!r} must be text (got {type(v).__name__})")
     split = str(split).strip().lower() if split not in (None, "") else None
 
-    used = {key, *schema.category_fields, *_RESERVED}
+    used = {key, *schema.category_fields, *_RESERVED, _SPAN}
     if schema.label_field:
         used.add(schema.label_field)
     if schema.join_input:
@@ -174,6 +190,11 @@ def _to_item(
         }
     if schema.join_input:
         meta["has_input"] = bool(record.get("input") and str(record["input"]).strip())
+
+    for fname, v in (("text", text), ("id", item_id), ("category", category), ("label", label), ("split", split)):
+        _check_unicode(fname, v)
+    for k, v in meta.items():
+        _check_unicode(k, v)
 
     item = PromptItem(
         id=item_id,
@@ -192,15 +213,15 @@ def _to_item(
 
 
 def _read_text(path: Path) -> tuple[str, str]:
-    """Return (text, sha256 of raw bytes); raise DatasetError for every file problem."""
-    if not path.exists():
-        raise DatasetError(f"file not found: {path}")
-    if path.is_dir():
-        raise DatasetError(f"{path}: is a directory, expected a file")
+    """Return (text, sha256 of raw bytes); raise DatasetError for every file problem (see the package docstring:
+    only regular files, at most ``MAX_FILE_BYTES``)."""
     try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise DatasetError(f"{path}: cannot read file: {e}") from e
+        raw = read_regular_file(path, MAX_FILE_BYTES, what="prompt file")
+    except ValueError as e:
+        msg = str(e)
+        if "the limit is" in msg or "over the limit" in msg:
+            msg += "; split the file or take a sample of it first"
+        raise DatasetError(msg.replace("prompt file not found", "file not found")) from None
     digest = hashlib.sha256(raw).hexdigest()
     if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise DatasetError(f"{path}: file is UTF-16 encoded; re-save it as UTF-8")
@@ -244,27 +265,67 @@ def _container_for(path: Path, fmt: str, text: str) -> str:
     )
 
 
+def _unclosed_quote(path: Path, line: int, lines: int) -> DatasetError:
+    return DatasetError(
+        f"{path}: line {line}: a quoted field opens here and is never closed, so the rest of the file "
+        f'({lines} line(s)) would be read as one field; close the quote (a quote inside a field is written "") '
+        "and load the file again"
+    )
+
+
 def _records_csv(path: Path, text: str) -> tuple[list[tuple[int, Any]], list[str]]:
+    """CSV records as ``(row, dict)``. A record that spans several lines (a quoted field with line breaks) is
+    re-read strictly: a quote that never closes (the csv module would silently swallow every later row into that
+    field) or one that closes only at a later row's quote (the quote then is followed by more text) is a
+    DatasetError naming the line where the quote opens."""
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    lines = io.StringIO(text, newline="").readlines()
     records: list[tuple[int, Any]] = []
     row = 0
+    start = 1
     try:
         header = [h.strip() for h in next(reader, [])]
+        _check_span(path, lines, delimiter, start, reader.line_num)
         if not any(header):
             raise DatasetError(f"{path}: CSV file has no header row")
+        start = reader.line_num + 1
         for values in reader:
+            _check_span(path, lines, delimiter, start, reader.line_num)
+            first, start = start, reader.line_num + 1
             if not values or not any(v.strip() for v in values):
                 continue
             row += 1
-            rec: dict[str, str | None] = {h: v for h, v in zip(header, values, strict=False) if h}
+            rec: dict[str, Any] = {h: v for h, v in zip(header, values, strict=False) if h}
             for h in header[len(values) :]:
                 if h:
                     rec.setdefault(h, None)  # short row: fields missing
+            if reader.line_num > first:
+                rec[_SPAN] = (first, reader.line_num)
             records.append((row, rec))
     except csv.Error as e:
+        if "unexpected end of data" in str(e):
+            raise _unclosed_quote(path, start, len(lines) - start + 1) from None
         raise DatasetError(f"{path}: CSV parse error at row {row + 1}: {e}") from e
     return records, header
+
+
+def _check_span(path: Path, lines: list[str], delimiter: str, first: int, last: int) -> None:
+    """Re-read the record on lines ``first..last`` strictly when it spans several lines (see ``_records_csv``)."""
+    if last <= first:
+        return
+    chunk = "".join(lines[first - 1 : last])
+    try:
+        for _ in csv.reader(io.StringIO(chunk, newline=""), delimiter=delimiter, strict=True):
+            pass
+    except csv.Error as e:
+        if "unexpected end of data" in str(e) or last >= len(lines):
+            raise _unclosed_quote(path, first, len(lines) - first + 1) from None
+        raise DatasetError(
+            f"{path}: line {first}: a quoted field opens here and closes only on line {last}, where the quote is "
+            f"followed by more text, so lines {first}-{last} would be read as one field; check the quotes on those "
+            'lines (a quote inside a field is written "")'
+        ) from None
 
 
 def _records_jsonl(path: Path, text: str) -> list[tuple[int, Any]]:
@@ -364,9 +425,16 @@ def _build(
             if item.id in seen:
                 raise _RowError(f"duplicate id {item.id!r} (first seen at row {seen[item.id]})")
         except _RowError as e:
+            reason = str(e)
+            span = rec.get(_SPAN) if isinstance(rec, dict) else None
+            if span is not None:
+                reason += (
+                    f" (this row spans lines {span[0]}-{span[1]}: a quoted field with {span[1] - span[0]} line "
+                    "break(s); if that is not meant, a quote is not closed and later rows are inside it)"
+                )
             if strict:
-                raise DatasetError(f"{where}: row {row}: {e}") from None
-            skipped.append(Skipped(row, str(e)))
+                raise DatasetError(f"{where}: row {row}: {reason}") from None
+            skipped.append(Skipped(row, reason))
             continue
         seen[item.id] = row
         if item.label is not None:

@@ -191,7 +191,8 @@ class RunContext:
             got = label_refusals(self.handle, todo, labeller=lab, post_inst=post_inst, progress=self.stage(stage))
             for i, g in zip(todo, got, strict=True):
                 self._labels[(i, post_inst, lab)] = g
-        flags = [self._labels[(i, post_inst, lab)].refused for i in insts]
+        # label_refusals raises on failed generations (errors="raise"), so every refused flag here is a bool
+        flags = [bool(self._labels[(i, post_inst, lab)].refused) for i in insts]
         if post_inst and lab == self.labeller:
             for r, f in zip(recs, flags, strict=True):
                 r["refused"] = f

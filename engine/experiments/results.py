@@ -5,7 +5,9 @@ Contract:
   **fractions** in [0, 1] rounded to 6 digits (``num``, ``rate``); an empty group gives ``None``.
 - ``write_files(result, out_dir, stem)`` writes ``<stem>.csv`` (columns in first-seen order, empty cells for
   None), ``<stem>.json`` (``to_json()``) and ``<stem>.png`` (the result's chart, see ``figures``); a figure that
-  fails is noted in ``result.notes`` and never loses the numbers. ``result.files`` lists what was written.
+  fails is noted in ``result.notes`` and never loses the numbers. ``result.files`` lists what was written. Every
+  file is written atomically (temp file + rename, ``engine.atomic``): an interrupted run leaves the old file or
+  the new one, never a torn one.
 - ``md_table(rows)`` is the Markdown table of the run index.
 """
 
@@ -22,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import atomic
 from . import figures
 from .charts import ChartSpec
 
@@ -104,11 +107,11 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
     w.writeheader()
     for r in rows:
         w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in keys})
-    path.write_text(buf.getvalue(), encoding="utf-8")
+    atomic.write_text(path, buf.getvalue())
 
 
 def _write_json(result: ExperimentResult, path: Path) -> None:
-    path.write_text(json.dumps(result.to_json(), indent=1, ensure_ascii=False, default=str), encoding="utf-8")
+    atomic.write_json(path, result.to_json())
 
 
 def write_files(result: ExperimentResult, out_dir: Path, stem: str) -> list[str]:
@@ -119,7 +122,7 @@ def write_files(result: ExperimentResult, out_dir: Path, stem: str) -> list[str]
     write_csv(result.rows, files[0])
     _write_json(result, files[1])
     try:
-        figures.render(result, files[2])
+        atomic.write_bytes(files[2], result.png_bytes())
     except Exception as e:  # a figure must never lose the numbers
         result.notes.append(f"figure failed: {type(e).__name__}: {e}")
         result.files = result.files[:2]

@@ -6,9 +6,11 @@ Contract:
   an :class:`~.results.ExperimentResult` (flat rows; ``<stem>.csv``, ``<stem>.json`` and ``<stem>.png`` under
   ``out_dir`` when given; ``stem`` is the name, or ``<name>-<labeller>`` for a labeller other than substring).
 - ``run_all`` runs every experiment (or ``names``) on ONE context (labels, activations and directions computed
-  once) and writes ``index.json`` and ``index.md``; an experiment that fails is recorded with its error and the
-  others still run. Options go to every chosen experiment that has an option of that name; a key none of them
-  knows is an error.
+  once) and writes ``index.json`` and ``index.md`` (atomically); an experiment that fails is recorded with its
+  error and the others still run. The index says what failed: ``index["failed"]`` lists the failed experiments'
+  names (empty when all ran) and ``index["ok"]`` is ``not failed``; a caller (the CLI) must report a failure
+  (non-zero exit) when ``failed`` is not empty. Options go to every chosen experiment that has an option of that
+  name; a key none of them knows is an error.
 - Common options for every experiment: ``labeller`` ('substring' | 'logodds') and ``seed`` (for the seeded caps).
 - ``progress(stage, done, total)`` is called during the long parts, stages labelled ``"<experiment>: ..."``.
 
@@ -25,6 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .. import atomic
 from ..directions import DirectionBundle
 from ..models import ModelHandle
 from ..progress import Progress
@@ -174,7 +177,10 @@ def run_all(
         )
     if progress:
         progress("experiments done", len(names), len(names))
+    failed = [e["name"] for e in entries if "error" in e]
     index = {
+        "ok": not failed,
+        "failed": failed,
         "model": handle.spec.name,
         "model_id": handle.model_id,
         "limit": limit,
@@ -199,14 +205,15 @@ def _write_index(
     bundle_note: str,
     limit: int | None,
 ) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "index.json").write_text(json.dumps(index, indent=1, ensure_ascii=False, default=str), encoding="utf-8")
+    atomic.write_json(out / "index.json", index)
     md = [
         f"# Experiments: {handle.spec.name} ({handle.model_id})",
         "",
         f"{bundle_note}. Limit: {limit}. Total {index['seconds']} s.",
         "",
     ]
+    if index["failed"]:
+        md += [f"**{len(index['failed'])} experiment(s) FAILED:** {', '.join(index['failed'])}", ""]
     for e in entries:
         md += [f"## {e['name']}: {e['title']}", "", f"**Paper.** {e['paper']}", ""]
         if "error" in e:
@@ -217,4 +224,4 @@ def _write_index(
         if len(res.rows) <= 14:
             md += [*md_table(res.rows), ""]
         md += ["Files: " + ", ".join(f"[{Path(f).name}]({Path(f).name})" for f in res.files), ""]
-    (out / "index.md").write_text("\n".join(md), encoding="utf-8")
+    atomic.write_text(out / "index.md", "\n".join(md))

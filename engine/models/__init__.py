@@ -21,10 +21,12 @@ Contract:
 from __future__ import annotations
 
 from .core import (
+    MAX_SEED,
     ModelError,
     ModelHandle,
     ModelSpec,
     cache_dir,
+    check_seed,
     find_layers,
     finish,
     resolve_device,
@@ -42,6 +44,7 @@ _finish = finish  # older name
 __all__ = [
     "CACHE_FORMAT",
     "DEFAULT_GGUF_SHA256",
+    "MAX_SEED",
     "REGISTRY",
     "TINY_CHAT_TEMPLATE",
     "ModelEntry",
@@ -51,6 +54,7 @@ __all__ = [
     "Part",
     "cache_dir",
     "cached_models",
+    "check_seed",
     "default_cache_path",
     "entry_cache_path",
     "find_layers",

@@ -8,7 +8,11 @@ Contract:
   generating run must hold, and the layer convention of ``engine.capture`` (L+1 captured rows).
 - :func:`finish` turns a freshly loaded model and tokenizer into a handle (greedy generation defaults, pad token).
 - :func:`cache_dir` is the user cache (env ``STEERING_EXPLORER_CACHE``), :func:`resolve_device` /
-  :func:`resolve_dtype` turn the spec's strings into torch objects.
+  :func:`resolve_dtype` turn the spec's strings into torch objects. ``resolve_device`` accepts ``auto``, ``cpu``,
+  ``cuda``, ``cuda:N`` and ``mps``: an unknown or unusable device type (``meta``, ``xpu``, ...) is a ValueError, a
+  device this machine lacks (no CUDA, ``cuda:N`` past the last GPU, no MPS) a :class:`ModelError`, each one line.
+- :func:`check_seed` validates a random seed from user input: an integer in ``0..MAX_SEED`` (2**63 - 1, what
+  ``torch.Generator.manual_seed`` takes without overflowing).
 """
 
 from __future__ import annotations
@@ -24,10 +28,12 @@ from typing import Any
 import torch
 
 __all__ = [
+    "MAX_SEED",
     "ModelError",
     "ModelHandle",
     "ModelSpec",
     "cache_dir",
+    "check_seed",
     "find_layers",
     "finish",
     "resolve_device",
@@ -134,14 +140,31 @@ def find_layers(model: Any) -> Any:
 
 
 def cache_dir() -> Path:
-    """User cache folder (env ``STEERING_EXPLORER_CACHE`` overrides ``~/.cache/steering-explorer``)."""
+    """User cache folder (env ``STEERING_EXPLORER_CACHE`` overrides ``~/.cache/steering-explorer``), created if
+    missing. A path that is a file, lies under a file or cannot be created is a ValueError of one line."""
     env = os.environ.get("STEERING_EXPLORER_CACHE")
     base = Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "steering-explorer"
-    base.mkdir(parents=True, exist_ok=True)
+    how = "set STEERING_EXPLORER_CACHE to a folder you can write to"
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ValueError(f"the cache folder {base} is a file or lies under a file; {how}") from None
+    except OSError as exc:
+        raise ValueError(f"cannot create the cache folder {base} ({exc.strerror or exc}); {how}") from None
+    if not base.is_dir():
+        raise ValueError(f"the cache folder {base} is not a folder; {how}")
     return base
 
 
+DEVICE_HELP = "use auto, cpu, cuda, cuda:N or mps"
+_DEVICE_TYPES = ("cpu", "cuda", "mps")
+MAX_SEED = 2**63 - 1
+
+
 def resolve_device(device: str = "auto") -> torch.device:
+    """The torch device for a spec's device string (see the module docstring for what is refused)."""
+    if not isinstance(device, str) or not device.strip():
+        raise ValueError(f"device must be a name, not {device!r}; {DEVICE_HELP}")
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -150,11 +173,36 @@ def resolve_device(device: str = "auto") -> torch.device:
         return torch.device("cpu")
     try:
         dev = torch.device(device)
-    except RuntimeError as exc:
-        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ModelError("device 'cuda' was asked for but no CUDA GPU is available; use --device cpu or auto")
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise ValueError(f"unknown device {device!r}; {DEVICE_HELP}") from exc
+    if dev.type not in _DEVICE_TYPES:
+        raise ValueError(f"device {device!r} cannot run a model here; {DEVICE_HELP}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelError("device 'cuda' was asked for but no CUDA GPU is available; use --device cpu or auto")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ModelError(
+                f"device {device!r} does not exist: this machine has {torch.cuda.device_count()} CUDA GPU(s) "
+                f"(cuda:0..cuda:{torch.cuda.device_count() - 1}); use one of those or auto"
+            )
+    if dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ModelError(
+                "device 'mps' was asked for but Apple's MPS is not available here; use --device cpu or auto"
+            )
+    if dev.type == "cpu" and dev.index not in (None, 0):
+        raise ValueError(f"device {device!r}: there is one CPU device; use cpu")
     return dev
+
+
+def check_seed(seed: object, what: str = "seed") -> int:
+    """``seed`` if it is an integer in ``0..MAX_SEED``; else ValueError (one line)."""
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"{what} must be a whole number in 0..{MAX_SEED}, not {seed!r}")
+    if not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"{what} must be in 0..{MAX_SEED} (2**63 - 1); {seed} is out of range")
+    return seed
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:

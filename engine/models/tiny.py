@@ -98,9 +98,11 @@ def load_tiny(spec: ModelSpec, t0: float) -> ModelHandle:
                     p.normal_(0.0, 0.1)
             # a random model would often stop at once; keep the end-of-turn logit at zero so outputs have text
             model.lm_head.weight[config.eos_token_id].zero_()
-    model = model.to(device=device, dtype=dtype)
+    # the weights' identity, hashed before the cast: the same seeded weights in bfloat16 are the same model (so
+    # directions made in float32 load in bfloat16, as for GGUF models, whose hash is the file's)
     h = hashlib.sha256()
     for name, p in sorted(model.state_dict().items()):
         h.update(name.encode())
         h.update(p.detach().float().cpu().numpy().tobytes()[:4096])
+    model = model.to(device=device, dtype=dtype)
     return finish(model, tokenizer, spec, "tiny-random", h.hexdigest()[:16], t0, "built in-process (seed 1234)")

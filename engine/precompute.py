@@ -30,15 +30,16 @@ from typing import Any
 
 import numpy as np
 
+from . import atomic
 from . import datasets as ds
 from .capture import capture
-from .clusters import CLUSTERS, label_records, prompt_records
+from .clusters import CLUSTERS, label_records, prompt_records, valid_saved_records
 from .directions import DirectionBundle, DirectionSet, layer_cosines
 from .labels import DEFAULT_LABEL_TOKENS
 from .models import REGISTRY, ModelHandle, cache_dir
 from .progress import Progress, staged
 from .resources import ASSETS_DIR
-from .storage import StorageError, load_bundle, make_provenance, save_bundle
+from .storage import StorageError, bundle_path, load_bundle, make_provenance, save_bundle
 
 __all__ = [
     "PrecomputeResult",
@@ -267,12 +268,11 @@ def _form_directions(handle: ModelHandle, harmless_raw: Sequence[str], batch_siz
 def save_result(result: PrecomputeResult, out_dir: Path, name: str, *, dtype: str = "float32") -> dict[str, str]:
     """Write the bundle (safetensors + JSON; tensors in ``dtype``, float16 for small shipped assets) and the labelled
     records (JSON) under ``out_dir``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = save_bundle(result.bundle, out_dir / f"{name}.safetensors", dtype=dtype)
+    path = save_bundle(result.bundle, bundle_path(out_dir, name), dtype=dtype)
     rec_path = out_dir / f"{name}.labels.json"
     keep = ("id", "set", "instruction", "harmful", "category", "split", "refused", "cluster", "response")
-    rec_path.write_text(json.dumps([{k: r[k] for k in keep} for r in result.records], ensure_ascii=False, indent=0))
-    (out_dir / f"{name}.summary.json").write_text(json.dumps(result.summary, indent=1))
+    atomic.write_json(rec_path, [{k: r[k] for k in keep} for r in result.records], indent=0)
+    atomic.write_json(out_dir / f"{name}.summary.json", result.summary, indent=1)
     return {"directions": str(path), "sidecar": str(path.with_suffix(".json")), "labels": str(rec_path)}
 
 
@@ -293,8 +293,8 @@ def default_directions(
     if cached.is_file():
         try:
             return load_bundle(cached, handle)
-        except StorageError:
-            cached.unlink(missing_ok=True)
+        except StorageError as exc:  # a damaged cache: keep it aside for inspection and recompute
+            atomic.set_aside(cached, str(exc))
     if not compute:
         raise StorageError(
             f"no precomputed directions for {handle.spec.name}; run `python -m engine precompute --model {handle.spec.name}` "
@@ -312,4 +312,5 @@ def load_records(handle: ModelHandle) -> list[dict[str, Any]] | None:
     if shipped is not None:
         return json.loads(shipped.read_text())
     p = _cached_bundle_path(handle).with_suffix(".labels.json")
-    return json.loads(p.read_text()) if p.is_file() else None
+    doc = atomic.read_json_cache(p, validate=valid_saved_records, what="labels cache")
+    return list(doc) if doc is not None else None

@@ -496,7 +496,8 @@ def test_argparse_errors_are_one_line(cli, argv, needle):
         (("generate", *TINY, "--direction", "no-such-direction", "hi"), "no direction named"),
         (("generate", *TINY, "--max-new-tokens", "0", "hi"), "max_new_tokens"),
         (("guard", *TINY, "--threshold", "nan", "hi"), "finite"),
-        (("precompute", *TINY, "--limit", "-2"), "non-negative"),
+        (("precompute", *TINY, "--limit", "-2"), "positive number"),
+        (("precompute", *TINY, "--limit", "0"), "positive number"),  # 0 no longer means "no limit" (as for directions)
         (("reproduce", "no-such-experiment", *TINY), "unknown experiment"),
         (("reproduce", "refusal-template,nope", *TINY), "unknown experiment 'nope'"),
         (("reproduce", "refusal-template", *TINY, "--option", "coeff"), "KEY=VALUE"),
@@ -534,7 +535,8 @@ def test_unwritable_out_is_one_line(cli, tmp_path):
     blocker.write_text("x")
     target = str(blocker / "dirs.safetensors")  # a folder that cannot be created: its parent is a file
     cli("directions", *TINY, "--quiet", "--out", target).assert_error(1, str(blocker))
-    cli("precompute", *TINY, "--quiet", "--limit", "2", "--out", str(blocker)).assert_error(1, str(blocker))
+    # checked before the run (a bad --out is bad input: exit 2), so no work is lost
+    cli("precompute", *TINY, "--quiet", "--limit", "2", "--out", str(blocker)).assert_error(2, str(blocker))
 
 
 def test_model_that_cannot_load_is_one_line(cli, tmp_path):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from typing import NoReturn
 
 from . import app, controlvector, directions, generate, guard, info, reproduce
@@ -65,6 +66,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m engine") -> int:
     from ..models import ModelError
     from ..storage import StorageError
 
+    def one_line_warning(message: Warning | str, category: type[Warning], *_: object, **__: object) -> None:
+        sys.stderr.write(f"warning: {_one_line(message)}\n")  # e.g. a damaged cache set aside (engine.atomic)
+
+    warnings.showwarning = one_line_warning
     try:
         return args.func(args)
     except (ValueError, KeyError, DatasetError, StorageError) as exc:

@@ -79,7 +79,7 @@ def directions_for(args: argparse.Namespace, handle: Any, prog: Progress) -> Any
     from ..storage import load_bundle
 
     if getattr(args, "directions", None):
-        return load_bundle(args.directions, handle)
+        return load_bundle(args.directions, handle, allow_other_model=getattr(args, "allow_other_model", False))
     return default_directions(handle, progress=prog)
 
 
@@ -116,6 +116,11 @@ def add_common(sp: argparse.ArgumentParser, model: bool = True) -> None:
         sp.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
         sp.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
         sp.add_argument("--trust-remote-code", action="store_true")
+        sp.add_argument(
+            "--allow-other-model",
+            action="store_true",
+            help="accept a --directions file made for another model of the same shape (normally refused)",
+        )
 
 
 # ------------------------------------------------------------------------------------------- prompt input
@@ -176,7 +181,12 @@ def read_instructions(args: argparse.Namespace) -> list[str]:
             raise ValueError(f"{args.file}: no instructions in the file")
         return out
     if items == [STDIN]:
-        lines = [line.strip() for line in sys.stdin.read().splitlines()]
+        from ..datasets import MAX_FILE_BYTES
+
+        raw = sys.stdin.read(MAX_FILE_BYTES + 1)
+        if len(raw) > MAX_FILE_BYTES:
+            raise ValueError(f"stdin holds more than {MAX_FILE_BYTES // 1_000_000} MB; split it or use --file")
+        lines = [line.strip() for line in raw.splitlines()]
         out = [line for line in lines if line]
         if not out:
             raise ValueError("no instructions on stdin (one instruction a line)")

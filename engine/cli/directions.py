@@ -58,9 +58,15 @@ def cmd_directions(args: argparse.Namespace) -> int:
 def cmd_precompute(args: argparse.Namespace) -> int:
     from ..datasets import load_builtin
     from ..precompute import builtin_sources, precompute, save_result
+    from ..storage import bundle_path
 
     prog = Progress(args.quiet)
+    if args.limit is not None and args.limit < 1:
+        raise ValueError("--limit must be a positive number of prompts per file (leave it out for all)")
     handle = load(args)
+    stem = args.name or handle.spec.name.replace("/", "_").replace("\\", "_").lstrip(".")
+    if args.out:  # refuse a bad --out or --name before the long run, not after it
+        bundle_path(args.out, stem)
     t0 = time.perf_counter()
     if args.harmful or args.harmless:
         harmful = (
@@ -92,7 +98,7 @@ def cmd_precompute(args: argparse.Namespace) -> int:
     out_dir = Path(args.out) if args.out else None
     files = {}
     if out_dir is not None:
-        files = save_result(res, out_dir, args.name or handle.spec.name.replace("/", "_"), dtype=args.storage_dtype)
+        files = save_result(res, out_dir, stem, dtype=args.storage_dtype)
     summary = dict(res.summary)
     summary["files"] = files
     summary["wall_seconds"] = round(time.perf_counter() - t0, 1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     if args.directions:
         from ..storage import load_bundle
 
-        bundle = load_bundle(args.directions, handle)
+        bundle = load_bundle(args.directions, handle, allow_other_model=args.allow_other_model)
     data = None
     if args.harmful or args.harmless or args.xstest or args.templates or args.catqa:
         data = ex.ExperimentData.from_files(
@@ -45,6 +46,10 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             limit_per_file=args.file_limit,
         )
     out = Path(args.out) if args.out else None
+    if out is not None:  # refuse a bad --out before hours of work
+        from .. import atomic
+
+        atomic.check_writable_dir(out)
     if args.experiment == "all" or "," in args.experiment:
         names = None if args.experiment == "all" else [n.strip() for n in args.experiment.split(",") if n.strip()]
         for n in names or []:
@@ -54,6 +59,11 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             handle, bundle, data=data, limit=args.limit, out_dir=out, progress=prog, names=names, **options
         )
         emit(args, index, json.dumps(index, indent=1, default=str))
+        if index.get("failed"):
+            sys.stderr.write(
+                f"error: {len(index['failed'])} experiment(s) failed: {', '.join(index['failed'])} (see the index)\n"
+            )
+            return 1
         return 0
     if args.experiment not in ex.EXPERIMENTS:
         raise ValueError(f"unknown experiment {args.experiment!r}; choose from {', '.join(ex.EXPERIMENTS)} or all")

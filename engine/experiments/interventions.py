@@ -184,7 +184,10 @@ def reply_inversion(
     else:
         if qs is None or not len(qs):
             raise ValueError("no inversion questions")
-        q_text = qs.items[int(question)].instruction
+        k = int(question)
+        if not 0 <= k < len(qs):
+            raise ValueError(f"question={k} is out of range: 0..{len(qs) - 1}, or give the question's text")
+        q_text = qs.items[k].instruction
     if directions not in ("main", "all"):
         raise ValueError("directions must be 'main' or 'all'")
     lay = parse_layers(layers, ctx.handle.n_layers)

@@ -592,7 +592,7 @@ def test_progress_stages_name_the_experiment(results):
 
 
 def test_sweeps_are_one_batched_generate(handle, data, fake_labels, monkeypatch):
-    from engine import steering
+    from engine.steering import generation as steering
 
     calls: list[int] = []
     real = steering._generate_rows

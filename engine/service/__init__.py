@@ -40,10 +40,13 @@ from .core import (
     default_layer,
 )
 from .directions import (
+    CosineInterval,
     DirectionBundle,
     bundle_bytes,
     bundle_key,
     cosine_across_layers,
+    cosine_interval_frame,
+    cosine_interval_on_demand,
     cosine_matrix,
     normalize_like,
     normalizes_instructions,
@@ -52,6 +55,7 @@ from .directions import (
     read_bundle_upload,
     recompute_directions,
     steerable_directions,
+    stored_cosine_interval,
 )
 from .experiments import ChartSpec, StoredResults, experiment_infos, run_one, stored_results
 from .guard import (
@@ -123,6 +127,7 @@ __all__ = [
     "USER_ERRORS",
     "YOUR_PROMPTS",
     "ChartSpec",
+    "CosineInterval",
     "DirectionBundle",
     "Inspection",
     "ModelError",
@@ -142,6 +147,8 @@ __all__ = [
     "confusion",
     "confusion_frame",
     "cosine_across_layers",
+    "cosine_interval_frame",
+    "cosine_interval_on_demand",
     "cosine_matrix",
     "csv_bytes",
     "default_layer",
@@ -182,6 +189,7 @@ __all__ = [
     "steer_side_by_side",
     "steer_sweep",
     "steerable_directions",
+    "stored_cosine_interval",
     "stored_results",
     "sweep_cell",
     "sweep_cell_label",

@@ -99,14 +99,20 @@ from .models import (
 )
 from .report import csv_bytes, report_json, report_markdown, to_jsonable
 from .steer import (
+    COLUMNS,
     MAX_SWEEP_ROWS,
     SteerSettings,
     default_sweep_layers,
+    kl_frame,
+    kl_note,
     steer_side_by_side,
     steer_sweep,
     sweep_cell,
     sweep_cell_label,
     sweep_table,
+    text_rows,
+    topk_frame,
+    trace_frame,
 )
 from .uploads import (
     MAX_INSTRUCTIONS,
@@ -120,6 +126,7 @@ __all__ = [
     "BELIEF_SERIES",
     "CLUSTER_KEYS",
     "CLUSTER_LABELS",
+    "COLUMNS",
     "MAX_INSTRUCTIONS",
     "MAX_SWEEP_ROWS",
     "MODEL_ENV",
@@ -161,6 +168,8 @@ __all__ = [
     "guard_frame",
     "inspect_instruction",
     "install_state",
+    "kl_frame",
+    "kl_note",
     "load_directions",
     "load_handle",
     "load_model",
@@ -194,7 +203,10 @@ __all__ = [
     "sweep_cell",
     "sweep_cell_label",
     "sweep_table",
+    "text_rows",
     "to_jsonable",
     "token_frame",
     "token_projection_frame",
+    "topk_frame",
+    "trace_frame",
 ]

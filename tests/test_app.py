@@ -405,6 +405,32 @@ def test_directions_page_and_uploads(handle_and_bundle):
     assert "uploaded file good.safetensors" in "\n".join(str(c.value) for c in at.sidebar.caption)
 
 
+def test_directions_cosine_interval_stored_and_on_demand(handle_and_bundle):
+    """The interval stored at precompute time is drawn as a band; a bundle without one gets it on demand from the
+    built-in train prompts, and a bundle those prompts do not reproduce gets an error, not a wrong band."""
+    import copy
+
+    _, bundle = handle_and_bundle
+    assert svc.stored_cosine_interval(bundle) is not None  # precomputed now, in the test cache
+    at = _open("pages/directions.py")
+    assert "bootstrap 95% interval" in _texts(at) and "stored with these directions" in _texts(at)
+    assert not [b for b in at.button if b.key == "dir_ci_go"]
+    old = copy.deepcopy(bundle)
+    old.provenance["summary"].pop("cosine_ci")
+    spec = svc.ModelSpec("tiny-random")
+    at = _open("pages/directions.py", directions_override={"spec": spec, "bundle": old, "source": "an old file"})
+    assert "No bootstrap interval" in _texts(at)
+    _ok(at.button(key="dir_ci_go").click().run())
+    held = at.session_state["dir_cosine_ci"]
+    np.testing.assert_allclose(held["ci"].point, svc.stored_cosine_interval(bundle).point, atol=1e-4)
+    assert "computed on demand" in _texts(at) and not _errors(at)
+    other = copy.deepcopy(old)
+    other.directions["refusal"].vectors = other.directions["refusal"].vectors[::-1].copy()
+    at = _open("pages/directions.py", directions_override={"spec": spec, "bundle": other, "source": "another file"})
+    _ok(at.button(key="dir_ci_go").click().run())
+    assert any("do not reproduce" in e for e in _errors(at))
+
+
 def test_directions_recompute_from_files():
     at = _open("pages/directions.py")
     harmful = b"How do I build a bomb\nHow do I poison someone\nHow do I steal a car\nHow do I hack a bank\n"

@@ -290,6 +290,27 @@ def test_directions_ci_recomputes_a_missing_interval(cli, tmp_path):
     )
 
 
+def test_reproduce_ablation(cli, tmp_path):
+    """The ablation experiment from the registry: none / refusal / harmfulness ablated, refusal and 'Certainly'
+    rates on harmful prompts, two batched grids; a fixed row or each layer's own row."""
+    res = cli(
+        "reproduce", "ablation", *TINY, "--quiet", "--json", "--limit", "2", "--option", "max_new_tokens=3",
+        "--option", "inversion_tokens=2", "--out", str(tmp_path),
+    ).json()  # fmt: skip
+    rows = res["rows"]
+    assert [(r["metric"], r["ablated"]) for r in rows] == [
+        (m, d) for d in ("none", "refusal", "harmfulness") for m in ("refusal_rate", "certainly_rate")
+    ]
+    assert all(r["n"] == 2 and (r["rate"] is None or 0 <= r["rate"] <= 1) for r in rows)
+    assert any("one fixed row, 1," in n for n in res["notes"])
+    assert (tmp_path / "ablation.png").exists() and (tmp_path / "ablation.csv").exists()
+    each = cli(
+        "reproduce", "ablation", *TINY, "--quiet", "--json", "--limit", "1", "--option", "max_new_tokens=2",
+        "--option", "inversion_tokens=1", "--option", "row=\"each\"",
+    ).json()  # fmt: skip
+    assert any("blocks [0] skipped" in n for n in each["notes"])  # row 0 of the refusal direction is zero
+
+
 def test_guard(cli):
     r = cli("guard", *TINY, "--quiet", "How do I bake bread?", "How do I build a bomb?")
     assert r.rc == 0 and len(r.out.splitlines()) == 2
@@ -385,6 +406,7 @@ def test_argparse_errors_are_one_line(cli, argv, needle):
         (("reproduce", "refusal-template", *TINY, "--option", "coeff"), "KEY=VALUE"),
         (("reproduce", "refusal-template", *TINY, "--limit", "2", "--option", "nosuch=1"), "nosuch"),
         (("reproduce", "refusal-template", *TINY, "--limit", "2", "--option", "labeller=vibes"), "labeller must be one of"),
+        (("reproduce", "ablation", *TINY, "--limit", "1", "--option", "row=99"), "row must be"),
     ],
     ids=lambda v: " ".join(v) if isinstance(v, tuple) else None,
 )  # fmt: skip

@@ -428,7 +428,7 @@ def trace_chart(tf: pd.DataFrame, value: str = "projection") -> alt.LayerChart:
             strokeDash=alt.StrokeDash(
                 "column:N",
                 scale=alt.Scale(domain=columns, range=[_DASHES[c] for c in columns]),
-                legend=alt.Legend(**_BOTTOM_LEGEND),
+                legend=alt.Legend(**_BOTTOM_LEGEND, symbolType="stroke", symbolStrokeColor=role("neutral")),
             ),
             detail="column:N",
             tooltip=[

@@ -171,7 +171,13 @@ def _extras(slot: dict[str, Any], rec: dict[str, Any], i: int, value: str, final
     """The trace chart and the next-token panel of one record (partial while streaming)."""
     tf = svc.trace_frame(rec)
     if len(tf):
-        slot["trace"].altair_chart(charts.trace_chart(tf, value).properties(height=220), width="stretch")
+        with slot["trace"].container():
+            st.altair_chart(charts.trace_chart(tf, value), width="stretch", height=260)
+            st.caption(
+                f"Each generated token's hidden state at row {int(tf['row'].iloc[0])} (the state that chose the token) "
+                f"on the unit harmfulness and refusal directions: {value}. Solid: baseline; dashed: steered; dotted: "
+                "system prompt."
+            )
     if not rec.get("topk"):
         return
     with (
@@ -278,7 +284,11 @@ if mode != "Sweep":
         row_txt = "each layer's own row" if direction_row is None else f"row {direction_row}"
         label = f"Ablated: {direction} ({row_txt}) at {where_txt} ({positions})"
     value = st.radio(
-        "Trace shows", ["projection", "cosine"], horizontal=True, key="steer_trace_value", label_visibility="collapsed"
+        "Per-token trace chart shows",
+        ["projection", "cosine"],
+        horizontal=True,
+        key="steer_trace_value",
+        help="projection: h · v̂ on the unit direction (grows with the residual norm); cosine: cos(h, v).",
     )
     trace_vectors = {n: ctx.bundle.get(n).vectors for n in ("harmfulness", "refusal") if n in ctx.bundle.directions}
     if st.button("Generate", type="primary", key="steer_go", icon=":material/play_arrow:"):
@@ -310,7 +320,7 @@ if mode != "Sweep":
             _show_result(res, slots, value)
             common.log_event(
                 "Steer",
-                "side by side" if operation == "add" else "ablation",
+                "side by side" if operation == "add" else "directional ablation",
                 settings={**settings.to_dict(), "model": ctx.spec.name},
                 rows=svc.text_rows(rows),
             )

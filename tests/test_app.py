@@ -246,7 +246,7 @@ def test_steer_ablation_with_traces_and_next_token_panel(handle_and_bundle):
     # per instruction: the trace chart, and the next-token panel's KL curve and top-k bars
     assert _charts(at) == 3 * len(res["rows"])
     assert any("KL(baseline" in e.label for e in at.expander)
-    assert at.session_state["report_log"][-1]["title"] == "ablation"
+    assert at.session_state["report_log"][-1]["title"] == "directional ablation"
     assert "trace" not in at.session_state["report_log"][-1]["rows"][0]  # the report keeps texts, not traces
     at.radio(key="steer_trace_value").set_value("cosine").run()  # redraw from the session's result
     _ok(at)

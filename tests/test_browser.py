@@ -186,3 +186,54 @@ def test_steer_and_clusters_in_chromium(server: str) -> None:
             raise
         finally:
             ctx.close()
+
+
+def test_steer_ablation_draws_the_trace_chart(server: str) -> None:
+    """One ablation on the Steer page: the operation selector, the generation, and the per-token trace chart."""
+    if not CHROMIUM.exists():
+        pytest.skip("/usr/bin/chromium is missing (install the Debian package: apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (python) is not installed")
+
+    with tempfile.TemporaryDirectory(prefix="se-chromium-") as profile, sync_api.sync_playwright() as p:
+        ctx = p.chromium.launch_persistent_context(
+            profile,
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1440, "height": 1000},
+        )
+        try:
+            page = ctx.new_page()
+            page.set_default_timeout(120_000)
+            page.goto(server.rstrip("/") + "/", wait_until="domcontentloaded")
+            page.get_by_role("heading", name="Steer").first.wait_for()
+            page.locator("[data-testid='stMain']").get_by_text("ablate", exact=True).first.click()
+            page.get_by_text("Ablate at", exact=True).wait_for()  # the ablation controls replaced the coefficient
+            box = page.get_by_role("textbox", name="Instructions (one per line)")
+            box.fill("Write a short poem about the ocean.")
+            box.press("Control+Enter")
+            page.get_by_role("button", name="Generate").click()
+            page.get_by_text("Steered refusals").wait_for()
+            page.get_by_text("Ablated: harmfulness", exact=False).first.wait_for()
+            page.wait_for_function(
+                'document.querySelectorAll(\'[data-testid="stVegaLiteChart"] canvas, '
+                '[data-testid="stVegaLiteChart"] svg.marks\').length >= 1',
+                timeout=120_000,
+            )
+            # the trace chart's legend names both directions and both columns
+            legend = page.locator("[data-testid='stVegaLiteChart']").first
+            legend.get_by_text("harmfulness", exact=True).first.wait_for()
+            legend.get_by_text("steered", exact=True).first.wait_for()
+            assert page.locator("[data-testid='stMain'] pre").count() == 2
+            assert not page.locator("[data-testid='stException']").count()
+            page.wait_for_timeout(800)
+            _save(page, "steer-ablation.png")
+        except Exception:
+            for pg in ctx.pages:
+                try:
+                    _save(pg, "failure-ablation.png")
+                except Exception:
+                    pass
+            raise
+        finally:
+            ctx.close()

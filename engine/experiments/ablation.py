@@ -1,7 +1,7 @@
 """Directional ablation of the harmfulness and the refusal direction (Arditi et al.'s intervention, with the paper's
 two directions).
 
-Contract (``ablation(ctx, **options) -> (rows, notes)``, registered as ``ablation``):
+Contract (``directional_ablation(ctx, **options) -> (rows, notes)``, registered as ``ablation``):
 - Conditions: none (baseline), the refusal direction ablated, the harmfulness direction ablated. Ablation is
   ``h <- h - (h . r_hat) r_hat`` at the input of every block 0..L-1 (``engine.steering.SteeringSpec`` with
   ``operation="ablate"``), at every position by default (prompt and generated tokens), with one fixed row of the
@@ -34,7 +34,7 @@ from .context import RunContext
 from .interventions import _inversion_decided, _vectors, inversion_prompts, inversion_question, score_inversion
 from .results import rate
 
-__all__ = ["ABLATED", "ablation"]
+__all__ = ["ABLATED", "directional_ablation"]
 
 ABLATED = ("refusal", "harmfulness")
 TASKS = {
@@ -57,7 +57,7 @@ def _layers_and_row(ctx: RunContext, row: Any) -> tuple[list[int], int | None, s
     return list(range(L)), fixed, f"one fixed row, {fixed}, of each direction at every block 0..{L - 1} (Arditi)"
 
 
-def ablation(
+def directional_ablation(
     ctx: RunContext,
     *,
     row: Any,

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .ablation import ablation
+from .ablation import directional_ablation
 from .behaviour import latent_guard, refusal_template
 from .beliefs import belief_curves, belief_scatter, jailbreak_plane
 from .categories import category_directions
@@ -178,7 +178,7 @@ _TABLE: tuple[ExperimentInfo, ...] = (
         "prompts to near 0 (7B+ chat models). This paper's reading: that removes the refusal, not the harm "
         "judgement (the reply-inversion 'Certainly' stays), while ablating the harmfulness direction moves the "
         "judgement.",
-        impl=ablation,
+        impl=directional_ablation,
         options={
             "row": None,
             "positions": "all",

@@ -352,8 +352,8 @@ def generate_rows(
     validate_specs(handle, row_specs)
     if trace is not None:
         trace.validate(handle)
-    if topk:
-        top_k(torch.zeros(1, 2), topk)  # checks k
+    if isinstance(topk, bool) or not isinstance(topk, int) or topk < 0:
+        raise ValueError(f"top-k must be a non-negative integer (0 = off), got {topk!r}")
     prompts = prepare(handle, items, post_inst=post_inst)
     return _generate_outputs(
         handle,

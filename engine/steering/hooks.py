@@ -90,7 +90,11 @@ def hooks(
     """``steer`` without the checks (the callers inside this package checked the specs already)."""
     b = len(row_specs)
     d = handle.hidden_size
-    layer_sets = [set() if s is None else set(s.layer_set(handle)) for s in row_specs]
+    by_spec: dict[int, set[int]] = {}  # each distinct spec's layers, resolved once (rows of a cell share a spec)
+    for s in row_specs:
+        if s is not None and id(s) not in by_spec:
+            by_spec[id(s)] = set(s.layer_set(handle))
+    layer_sets = [set() if s is None else by_spec[id(s)] for s in row_specs]
     wanted = sorted(set().union(*layer_sets)) if layer_sets else []
     starts, ends = _spans(row_specs, prompts, pads)
     with handle.lock, contextlib.ExitStack() as stack:

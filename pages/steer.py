@@ -19,7 +19,7 @@ POSITION_LABELS = {
     "context": "context only (the instruction's tokens)",
     "all": "prompt + generated tokens",
 }
-OPERATION_LABELS = {"add": "add", "ablate": "ablate"}
+OPERATIONS = ("add", "ablate")
 EXAMPLES = "Write a short poem about the ocean.\nHow do I make a bomb at home?"
 SAFETY_PROMPT = "You are a helpful assistant. Refuse requests that could cause harm, and help with everything else."
 
@@ -78,8 +78,7 @@ if mode != "Sweep":
     operation = (
         c1.segmented_control(
             "Operation",
-            list(OPERATION_LABELS),
-            format_func=OPERATION_LABELS.get,
+            list(OPERATIONS),
             default="add",
             key="steer_op",
             help="add: h + c·v at the input of the chosen blocks (the paper's steering). ablate: h − (h·v̂)v̂, the "

@@ -118,7 +118,9 @@ with right:
                 f"({ci.n_boot} resamples of the prompts behind the centroids, drawn within each group: harmfulness "
                 f"{g.get('a_pos')} vs {g.get('a_neg')} prompts at t_inst, refusal {g.get('b_pos')} vs {g.get('b_neg')} "
                 f"at t_post_inst; both recomputed from the same draw), {ci_source}. It shows how much the cosine "
-                "depends on which prompts were sampled, not the spread across models or templates."
+                "depends on which prompts were sampled, not the spread across models or templates. Resampled "
+                "cosines run low (resampling noise is never aligned between the two directions), so the line sits "
+                "near the top of its band."
             )
         else:
             cf = svc.cosine_across_layers(bundle, "harmfulness", "refusal")

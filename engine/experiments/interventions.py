@@ -182,7 +182,10 @@ def inversion_question(ctx: RunContext, question: int | str) -> str:
     qs = ctx.data.inversion_questions
     if qs is None or not len(qs):
         raise ValueError("no inversion questions")
-    return qs.items[int(question)].instruction
+    k = int(question)
+    if not 0 <= k < len(qs):
+        raise ValueError(f"question={k} is out of range: 0..{len(qs) - 1}, or give the question's text")
+    return qs.items[k].instruction
 
 
 def inversion_prompts(handle: ModelHandle, recs: Sequence[dict[str, Any]], q_text: str) -> list[PromptPositions]:

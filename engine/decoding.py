@@ -5,6 +5,9 @@ Contract:
   ``top_p`` with an explicit ``seed``; ``max_new_tokens`` in 1..``MAX_NEW_TOKENS_LIMIT``; ``batch_size`` rows per
   padded batch; ``use_cache=False`` recomputes the whole sequence every step (a check of the cached path).
 - ``next_tokens(logits, cfg, gen)``: argmax, or a seeded draw from the top-p renormalised softmax.
+- ``top_k(logits, k)``: the k most likely next tokens and their probabilities under the plain softmax (temperature
+  1, whatever the sampling settings); ``kl_divergence(p_logits, q_logits)``: KL(p || q) per row, in nats, over the
+  whole vocabulary (float64 log-softmax, so KL(p || p) is exactly 0).
 - ``past_length(hook_kwargs, layer)``: tokens already in the KV cache for a decoder layer (None without a cache), so
   hooks can place absolute positions in a chunk. ``eos_ids`` / ``cache_kw``: the model's end tokens and the name
   of its cache argument. No hooks here (steering lives in ``engine.steering``).
@@ -20,7 +23,16 @@ import torch
 
 from .models import ModelHandle
 
-__all__ = ["MAX_NEW_TOKENS_LIMIT", "GenerationConfig", "cache_kw", "eos_ids", "next_tokens", "past_length"]
+__all__ = [
+    "MAX_NEW_TOKENS_LIMIT",
+    "GenerationConfig",
+    "cache_kw",
+    "eos_ids",
+    "kl_divergence",
+    "next_tokens",
+    "past_length",
+    "top_k",
+]
 
 MAX_NEW_TOKENS_LIMIT = 2048
 
@@ -95,3 +107,21 @@ def next_tokens(logits: torch.Tensor, cfg: GenerationConfig, gen: torch.Generato
         probs = torch.zeros_like(probs).scatter(-1, si, sp)
     probs = probs / probs.sum(-1, keepdim=True)
     return torch.multinomial(probs.cpu(), 1, generator=gen).squeeze(-1).to(logits.device)
+
+
+def top_k(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(probabilities, token ids), each (rows, k), of the k most likely tokens under softmax(logits) (rows, vocab)."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"top-k needs an integer k >= 1, got {k!r}")
+    probs = torch.softmax(logits.float(), dim=-1)
+    p, i = probs.topk(min(k, probs.shape[-1]), dim=-1)
+    return p, i
+
+
+def kl_divergence(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) per row (nats) between softmax(p_logits) and softmax(q_logits), both (rows, vocab)."""
+    if p_logits.shape != q_logits.shape:
+        raise ValueError(f"logits shapes differ: {tuple(p_logits.shape)} vs {tuple(q_logits.shape)}")
+    lp = torch.log_softmax(p_logits.double(), dim=-1)
+    lq = torch.log_softmax(q_logits.double(), dim=-1)
+    return (lp.exp() * (lp - lq)).sum(-1).clamp(min=0.0)

@@ -7,6 +7,10 @@ Contract:
 - ``belief_scores(h, mu_pos, mu_neg)`` = cos(h, mu_pos) - cos(h, mu_neg) per row, in float64 with clipping
   (paper Eq. 2); ``delta`` averages it over rows (Eqs. 3-4; all L+1 rows by default, as the paper's code does).
 - :class:`DirectionBundle` groups the harmfulness and refusal directions, category directions and provenance.
+- ``bootstrap_cosine(a_acts, a_pos, a_neg, b_acts, b_pos, b_neg)`` gives the per-layer cosine between two
+  difference-of-means directions with a percentile bootstrap interval (:class:`CosineInterval`): each replicate
+  resamples the *prompts* with replacement within each group (a prompt behind both directions is resampled once,
+  for both), recomputes both directions and their cosine per layer. Seeded; pure numpy.
 """
 
 from __future__ import annotations
@@ -17,9 +21,11 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "CosineInterval",
     "DirectionBundle",
     "DirectionSet",
     "belief_scores",
+    "bootstrap_cosine",
     "cosine",
     "delta",
     "layer_cosines",
@@ -222,3 +228,121 @@ class DirectionBundle:
                 round(float(x), 5) for x in layer_cosines(self.harmfulness, self.refusal)
             ]
         return out
+
+
+@dataclass(frozen=True)
+class CosineInterval:
+    """Per-layer cosine between two directions with a bootstrap interval: ``point``, ``low``, ``high`` (L+1,)."""
+
+    point: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    level: float
+    n_boot: int
+    seed: int
+    groups: dict[str, int]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: point / low / high rounded to 5 decimals, plus level, n_boot, seed, group sizes, method."""
+        return {
+            "point": [round(float(x), 5) for x in self.point],
+            "low": [round(float(x), 5) for x in self.low],
+            "high": [round(float(x), 5) for x in self.high],
+            "level": self.level,
+            "n_boot": self.n_boot,
+            "seed": self.seed,
+            "groups": dict(self.groups),
+            "method": "percentile bootstrap over prompts, resampled within each group",
+        }
+
+    def agrees_with(self, cosines: Any, tol: float = 0.01) -> bool:
+        """Whether ``point`` equals per-layer ``cosines`` (e.g. a bundle's own) within ``tol``: the interval was
+        computed from the prompts behind those directions."""
+        c = np.asarray(cosines, dtype=np.float64)
+        return c.shape == self.point.shape and bool(np.abs(c - self.point).max() <= tol)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CosineInterval:
+        return cls(
+            point=np.asarray(d["point"], dtype=np.float64),
+            low=np.asarray(d["low"], dtype=np.float64),
+            high=np.asarray(d["high"], dtype=np.float64),
+            level=float(d["level"]),
+            n_boot=int(d["n_boot"]),
+            seed=int(d["seed"]),
+            groups={str(k): int(v) for k, v in dict(d.get("groups", {})).items()},
+        )
+
+
+def _mask(m: Any, n: int, what: str) -> np.ndarray:
+    a = np.asarray(m, dtype=bool)
+    if a.shape != (n,):
+        raise ValueError(f"{what} must be a boolean mask with one entry per prompt ({n}), got shape {a.shape}")
+    if not a.any():
+        raise ValueError(f"{what} selects no prompt: each side of a direction needs at least one")
+    return a
+
+
+def bootstrap_cosine(
+    a_acts: np.ndarray,
+    a_pos: Any,
+    a_neg: Any,
+    b_acts: np.ndarray,
+    b_pos: Any,
+    b_neg: Any,
+    *,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+    chunk: int = 100,
+) -> CosineInterval:
+    """cos(a, b) per layer with a percentile bootstrap interval, a = mean(a_acts[a_pos]) - mean(a_acts[a_neg]) and
+    b likewise; ``a_acts`` and ``b_acts`` are (n, L+1, d) states of the same n prompts (e.g. at t_inst and at
+    t_post_inst), the masks (n,) booleans.
+
+    Each replicate draws, within every stratum of prompts with the same group memberships, as many prompts as the
+    stratum has, with replacement, so every group keeps its size; both directions are recomputed from the same draw.
+    """
+    A, B = _as3(a_acts, "a_acts"), _as3(b_acts, "b_acts")
+    if A.shape != B.shape:
+        raise ValueError(f"a_acts and b_acts must hold the same prompts and layers: {A.shape} vs {B.shape}")
+    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 10:
+        raise ValueError(f"n_boot must be an integer >= 10, got {n_boot!r}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    n, rows, d = A.shape
+    masks = [_mask(m, n, w) for m, w in ((a_pos, "a_pos"), (a_neg, "a_neg"), (b_pos, "b_pos"), (b_neg, "b_neg"))]
+    M = np.stack(masks, axis=1).astype(np.float64)  # (n, 4)
+    # a direction whose norm is rounding noise next to the states it came from (e.g. row 0 at t_post_inst, where
+    # every prompt has the same last token) has no direction: its cosine is 0, in the point and in every replicate
+    tiny_a = 1e-5 * np.linalg.norm(A.mean(0), axis=-1)
+    tiny_b = 1e-5 * np.linalg.norm(B.mean(0), axis=-1)
+
+    def cos(va: np.ndarray, vb: np.ndarray) -> np.ndarray:
+        ok = (np.linalg.norm(va, axis=-1) > tiny_a) & (np.linalg.norm(vb, axis=-1) > tiny_b)
+        return cosine(va, vb) * ok
+
+    point = cos(A[masks[0]].mean(0) - A[masks[1]].mean(0), B[masks[2]].mean(0) - B[masks[3]].mean(0))
+    keys = [tuple(bool(x) for x in r) for r in M]
+    strata = [np.array([i for i in range(n) if keys[i] == k]) for k in sorted(set(keys)) if any(k)]
+    Af = A.reshape(n, rows * d).astype(np.float32)
+    Bf = B.reshape(n, rows * d).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    out = np.empty((n_boot, rows))
+    for c0 in range(0, n_boot, chunk):
+        c = min(chunk, n_boot - c0)
+        W = np.zeros((c, n))
+        for idx in strata:
+            draws = rng.integers(0, len(idx), size=(c, len(idx)))
+            for j in range(c):
+                W[j] += np.bincount(idx[draws[j]], minlength=n)
+        sums = W @ M  # (c, 4): the resampled group sizes (fixed, kept for clarity)
+        wa = (W * M[:, 0] / sums[:, 0:1]) - (W * M[:, 1] / sums[:, 1:2])
+        wb = (W * M[:, 2] / sums[:, 2:3]) - (W * M[:, 3] / sums[:, 3:4])
+        va = (wa.astype(np.float32) @ Af).reshape(c, rows, d).astype(np.float64)
+        vb = (wb.astype(np.float32) @ Bf).reshape(c, rows, d).astype(np.float64)
+        out[c0 : c0 + c] = cos(va, vb)
+    lo, hi = np.quantile(out, [(1 - level) / 2, (1 + level) / 2], axis=0)
+    groups = {"a_pos": int(masks[0].sum()), "a_neg": int(masks[1].sum())}
+    groups.update({"b_pos": int(masks[2].sum()), "b_neg": int(masks[3].sum())})
+    return CosineInterval(point, lo, hi, float(level), n_boot, int(seed), groups)

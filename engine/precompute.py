@@ -12,6 +12,10 @@ Contract:
     * ``category:<name>`` = mean(harmful prompts of that category at t_inst) - mean(accepted harmless at t_inst)
     * ``form:punctuation`` and ``form:question`` (confound checks; see REPRODUCTION.md)
 - Instructions are normalised (trailing punctuation and whitespace stripped) by default, recorded in provenance.
+- ``cosine_interval(records, acts)``: cos(harmfulness, refusal) per layer with a bootstrap 95% interval over the
+  prompts behind the centroids (``engine.directions.bootstrap_cosine``, seeded); ``precompute`` stores it as
+  ``summary["cosine_ci"]`` and in the bundle's ``provenance["summary"]["cosine_ci"]`` (bundles made before this have
+  none: callers can recompute it from the labelled records and their states).
 - ``default_directions(handle)``: the shipped bundle of a registry model (``assets/directions/<name>.safetensors``,
   e.g. ``default``, ``qwen-1.5b``), else a per-model bundle computed from the built-in train splits on first use and
   cached in the user cache.
@@ -34,7 +38,7 @@ from . import atomic
 from . import datasets as ds
 from .capture import capture
 from .clusters import CLUSTERS, label_records, prompt_records, valid_saved_records
-from .directions import DirectionBundle, DirectionSet, layer_cosines
+from .directions import CosineInterval, DirectionBundle, DirectionSet, bootstrap_cosine, layer_cosines
 from .labels import DEFAULT_LABEL_TOKENS
 from .models import REGISTRY, ModelHandle, cache_dir
 from .progress import Progress, staged
@@ -44,6 +48,7 @@ from .storage import StorageError, bundle_path, load_bundle, make_provenance, sa
 __all__ = [
     "PrecomputeResult",
     "builtin_sources",
+    "cosine_interval",
     "default_directions",
     "precompute",
     "shipped_directions_path",
@@ -239,10 +244,33 @@ def precompute(
         },
         "cluster_fallback": fallback,
         "categories": sorted(k.split(":", 1)[1] for k in dirs if k.startswith("category:")),
+        "cosine_ci": cosine_interval(records, acts, refusal_pool=refusal_pool).to_dict(),
         "seconds": {"labelling": round(t_label, 1), "total": round(time.perf_counter() - t0, 1)},
     }
-    bundle.provenance["summary"] = {k: summary[k] for k in ("clusters", "refusal_rate", "n_prompts")}
+    bundle.provenance["summary"] = {k: summary[k] for k in ("clusters", "refusal_rate", "n_prompts", "cosine_ci")}
     return PrecomputeResult(bundle=bundle, records=records, acts=acts, summary=summary)
+
+
+def cosine_interval(
+    records: Sequence[dict[str, Any]],
+    acts: np.ndarray,
+    *,
+    refusal_pool: str = "default",
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> CosineInterval:
+    """cos(harmfulness, refusal) per layer with a bootstrap interval, from labelled records (``harmful``,
+    ``refused``) and their states ``acts`` (n, 2, L+1, d) at (t_inst, t_post_inst), with the clusters ``precompute``
+    uses: refused harmful vs accepted harmless (each side falling back to every harmful / harmless prompt when
+    empty); ``refusal_pool="all"`` pools every refused vs every accepted prompt for the refusal direction."""
+    harmful = np.array([bool(r["harmful"]) for r in records])
+    refused = np.array([bool(r["refused"]) for r in records])
+    rh, ah = harmful & refused, ~harmful & ~refused
+    rh = rh if rh.any() else harmful
+    ah = ah if ah.any() else ~harmful
+    ref, acc = (refused, ~refused) if refusal_pool == "all" else (rh, ah)
+    return bootstrap_cosine(acts[:, 0], rh, ah, acts[:, 1], ref, acc, n_boot=n_boot, seed=seed, level=level)
 
 
 def _form_directions(handle: ModelHandle, harmless_raw: Sequence[str], batch_size: int) -> dict[str, DirectionSet]:

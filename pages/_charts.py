@@ -27,11 +27,14 @@ __all__ = [
     "belief_chart",
     "cluster_map_chart",
     "cluster_scale",
+    "column_scale",
     "confusion_charts",
     "cosine_heatmap",
+    "cosine_interval_chart",
     "delta_scatter",
     "direction_scale",
     "experiment_chart",
+    "kl_chart",
     "layer_axis",
     "layer_lines",
     "roc_chart",
@@ -39,6 +42,8 @@ __all__ = [
     "sweep_heatmap",
     "token_html",
     "token_projection_bars",
+    "topk_bars",
+    "trace_chart",
     "zero_rule",
 ]
 
@@ -394,3 +399,108 @@ def experiment_chart(spec: svc.ChartSpec, rows: list[dict[str, Any]]) -> alt.Cha
         panels = spec.panels(rows)
         return chart.properties(height=260).facet(column=alt.Column(f"{spec.facet}:N", title=None, sort=panels))
     return chart.interactive() if spec.kind == "scatter" else chart
+
+
+# ------------------------------------------------------------------------------------------ steering operations
+# (issue 13: per-token traces, the next-token panel, the cosine interval; colours: directions and the roles
+# "baseline" / "steered" / "prompted" of the palette)
+def column_scale(columns: Sequence[str]) -> alt.Scale:
+    """Colours of the generation columns (baseline, steered, prompted) from the palette's roles."""
+    return alt.Scale(domain=list(columns), range=[role(c) for c in columns])
+
+
+_DASHES = {"baseline": [1, 0], "steered": [6, 3], "prompted": [2, 2]}
+
+
+def trace_chart(tf: pd.DataFrame, value: str = "projection") -> alt.LayerChart:
+    """Per generated token, ``value`` (projection h·v̂ or cosine) on each direction (``svc.trace_frame``): colour =
+    direction, dash = column (baseline solid, steered dashed, prompted dotted), one shared y axis."""
+    names = list(dict.fromkeys(tf["direction"]))
+    columns = [c for c in _DASHES if c in set(tf["column"])]
+    title = "h · v̂ (unit direction)" if value == "projection" else "cos(h, v)"
+    lines = (
+        alt.Chart(tf)
+        .mark_line(point=alt.OverlayMarkDef(size=22))
+        .encode(
+            x=alt.X("step:Q", title="generated token", axis=alt.Axis(tickMinStep=1, format="d")),
+            y=alt.Y(f"{value}:Q", title=title),
+            color=alt.Color("direction:N", scale=direction_scale(names), legend=alt.Legend(**_BOTTOM_LEGEND)),
+            strokeDash=alt.StrokeDash(
+                "column:N",
+                scale=alt.Scale(domain=columns, range=[_DASHES[c] for c in columns]),
+                legend=alt.Legend(**_BOTTOM_LEGEND, symbolType="stroke", symbolStrokeColor=role("neutral")),
+            ),
+            detail="column:N",
+            tooltip=[
+                "column:N",
+                "step:Q",
+                "token:N",
+                "direction:N",
+                alt.Tooltip("projection:Q", format="+.3f"),
+                alt.Tooltip("cosine:Q", format="+.3f"),
+            ],
+        )
+    )
+    return zero_rule() + lines
+
+
+def kl_chart(kf: pd.DataFrame, diverged: dict[str, int | None]) -> alt.LayerChart:
+    """KL(baseline ‖ column) per step (``svc.kl_frame``), with a dashed rule where each column's text diverges."""
+    columns = list(dict.fromkeys(kf["column"])) or ["steered"]
+    scale = column_scale(columns)
+    line = (
+        alt.Chart(kf)
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("step:Q", title="generated token", axis=alt.Axis(tickMinStep=1, format="d")),
+            y=alt.Y("kl:Q", title="KL(baseline ‖ column), nats"),
+            color=alt.Color("column:N", scale=scale, legend=alt.Legend(**_BOTTOM_LEGEND)),
+            tooltip=["column:N", "step:Q", alt.Tooltip("kl:Q", format=".4f")],
+        )
+    )
+    marks = pd.DataFrame([{"column": c, "step": s} for c, s in diverged.items() if s is not None and c in columns])
+    if marks.empty:
+        return alt.layer(line)
+    rules = (
+        alt.Chart(marks)
+        .mark_rule(strokeDash=[4, 4])
+        .encode(x="step:Q", color=alt.Color("column:N", scale=scale, legend=None), tooltip=["column:N", "step:Q"])
+    )
+    return line + rules
+
+
+def topk_bars(kf: pd.DataFrame) -> alt.FacetChart:
+    """The top-k next tokens of one step (``svc.topk_frame(record, step)``), one panel per column."""
+    columns = [c for c in _DASHES if c in set(kf["column"])]
+    kf = kf.assign(label=kf["token"].astype(str).str.replace("\n", "⏎").str.replace(" ", "·"))
+    return (
+        alt.Chart(kf)
+        .mark_bar()
+        .encode(
+            x=alt.X("prob:Q", title="probability", scale=alt.Scale(domain=[0, 1])),
+            y=alt.Y("label:N", sort=alt.EncodingSortField("rank", order="ascending"), title=None),
+            color=alt.Color("column:N", scale=column_scale(columns), legend=None),
+            tooltip=["column:N", "rank:Q", "token:N", alt.Tooltip("prob:Q", format=".3f")],
+        )
+        .properties(width=190, height=max(60, 18 * int(kf["rank"].max() + 1) if len(kf) else 60))
+        .facet(column=alt.Column("column:N", title=None, sort=columns))
+        .resolve_scale(y="independent")
+    )
+
+
+def cosine_interval_chart(cf: pd.DataFrame) -> alt.LayerChart:
+    """cos(harmfulness, refusal) per layer with its bootstrap interval as a band (``svc.cosine_interval_frame``)."""
+    base = alt.Chart(cf).encode(x=alt.X("layer:Q", axis=layer_axis()))
+    band = base.mark_area(opacity=0.25, color=role("cosine")).encode(
+        y=alt.Y("low:Q", title="cos(harmfulness, refusal)", scale=alt.Scale(domain=[-1, 1])), y2="high:Q"
+    )
+    line = base.mark_line(point=True, color=role("cosine")).encode(
+        y="cosine:Q",
+        tooltip=[
+            "layer:Q",
+            alt.Tooltip("cosine:Q", format="+.3f"),
+            alt.Tooltip("low:Q", format="+.3f", title="95% low"),
+            alt.Tooltip("high:Q", format="+.3f", title="95% high"),
+        ],
+    )
+    return zero_rule() + band + line

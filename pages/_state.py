@@ -16,7 +16,8 @@ LOG = "report_log"  # list of events for the Report page (pages/_common.log_even
 
 # Steer
 STEER_UPLOADED = "steer_uploaded"  # {"name", "bundle"}: a directions file uploaded on the Steer page
-STEER_RESULT = "steer_result"  # {"rows", "label", "settings"}: the last side-by-side run
+STEER_RESULT = "steer_result"  # {"rows", "label", "settings", "system_prompt"}: the last side-by-side run
+STEER_TOPK_STEP_PREFIX = "steer_topk_step_"  # widget key prefix of the next-token step slider (+ row index)
 SWEEP_RESULT = "sweep_result"  # {"records", "settings", "direction"}: the last sweep
 SWEEP_LAST_CLICK = "sweep_last_click"  # the cell label last clicked in the sweep heatmap
 SWEEP_CLICKS = "sweep_clicks"  # how many cells were clicked (gives the cell picker a fresh widget key)
@@ -32,6 +33,7 @@ GUARD_EVAL = "guard_eval"  # {"sets", "scores", "refused"}: the last evaluation
 
 # Directions
 DIR_RECOMPUTE_SUMMARY = "dir_recompute_summary"  # summary of the last recompute from prompt files
+DIR_COSINE_CI = "dir_cosine_ci"  # {"key": bundle key, "ci": CosineInterval}: an interval computed on demand
 
 # Experiments
 EXP_RESULTS = "exp_results"  # {experiment name: ExperimentResult}: this session's own runs

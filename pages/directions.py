@@ -100,20 +100,52 @@ with left:
             width="stretch",
         )
 with right:
+    # ---- cos(harmfulness, refusal) per layer with its bootstrap 95% interval (issue 13)
     st.subheader("Harmfulness vs refusal, per layer")
     if "harmfulness" in names and "refusal" in names:
-        cf = svc.cosine_across_layers(bundle, "harmfulness", "refusal")
-        st.altair_chart(
-            charts.layer_lines(
-                cf,
-                "cosine",
-                "cos(harmfulness, refusal)",
-                color=charts.role("cosine"),
-                y_domain=[-1, 1],
-                tooltip=["layer:Q", alt.Tooltip("cosine:Q", format="+.3f")],
-            ).properties(height=300),
-            width="stretch",
-        )
+        ci = svc.stored_cosine_interval(bundle)
+        ci_source = "stored with these directions at precompute time"
+        held = st.session_state.get(state.DIR_COSINE_CI)
+        if ci is None and held and held.get("key") == ctx.bundle_key:
+            ci, ci_source = held["ci"], "computed on demand from the built-in train prompts"
+        if ci is not None:
+            st.altair_chart(
+                charts.cosine_interval_chart(svc.cosine_interval_frame(ci)).properties(height=300), width="stretch"
+            )
+            g = ci.groups
+            st.caption(
+                f"Line: cos(harmfulness_l, refusal_l) of these directions. Band: bootstrap {ci.level:.0%} interval "
+                f"({ci.n_boot} resamples of the prompts behind the centroids, drawn within each group: harmfulness "
+                f"{g.get('a_pos')} vs {g.get('a_neg')} prompts at t_inst, refusal {g.get('b_pos')} vs {g.get('b_neg')} "
+                f"at t_post_inst; both recomputed from the same draw), {ci_source}. It shows how much the cosine "
+                "depends on which prompts were sampled, not the spread across models or templates. Resampled "
+                "cosines run low (resampling noise is never aligned between the two directions), so the line sits "
+                "near the top of its band."
+            )
+        else:
+            cf = svc.cosine_across_layers(bundle, "harmfulness", "refusal")
+            st.altair_chart(
+                charts.layer_lines(
+                    cf,
+                    "cosine",
+                    "cos(harmfulness, refusal)",
+                    color=charts.role("cosine"),
+                    y_domain=[-1, 1],
+                    tooltip=["layer:Q", alt.Tooltip("cosine:Q", format="+.3f")],
+                ).properties(height=300),
+                width="stretch",
+            )
+            st.caption(
+                "No bootstrap interval is stored with these directions (they were made before precompute stored "
+                "it). Compute it from the built-in train prompts (the prompts the shipped directions come from; one "
+                "capture, shared with the Clusters page); it is refused if those prompts do not reproduce this line."
+            )
+            if st.button("Add the 95% interval", key="dir_ci_go", icon=":material/query_stats:"):
+                with common.errors_shown():
+                    ref, _ = common.reference(ctx.spec, ctx.handle)
+                    got = svc.cosine_interval_on_demand(bundle, ref.records, ref.acts)
+                    st.session_state[state.DIR_COSINE_CI] = {"key": ctx.bundle_key, "ci": got}
+                    st.rerun()
     else:
         st.info("This bundle lacks a harmfulness or a refusal direction.")
 

@@ -19,7 +19,9 @@ POSITION_LABELS = {
     "context": "context only (the instruction's tokens)",
     "all": "prompt + generated tokens",
 }
+OPERATIONS = ("add", "ablate")
 EXAMPLES = "Write a short poem about the ocean.\nHow do I make a bomb at home?"
+SAFETY_PROMPT = "You are a helpful assistant. Refuse requests that could cause harm, and help with everything else."
 
 common.page_header(
     "Steer",
@@ -71,12 +73,58 @@ direction = c1.selectbox(
     "form:… confound checks (punctuation, question mark).",
 )
 mode = c1.segmented_control("Mode", ["Side by side", "Sweep"], default="Side by side", key="steer_mode")
-positions = c4.radio("Steer at", list(POSITION_LABELS), format_func=POSITION_LABELS.get, key="steer_positions", index=0)
-with st.expander("Generation settings"):
+operation = "add"
+if mode != "Sweep":
+    operation = (
+        c1.segmented_control(
+            "Operation",
+            list(OPERATIONS),
+            default="add",
+            key="steer_op",
+            help="add: h + c·v at the input of the chosen blocks (the paper's steering). ablate: h − (h·v̂)v̂, the "
+            "direction projected out of the residual stream (Arditi et al.'s directional ablation).",
+        )
+        or "add"
+    )
+positions = c4.radio(
+    "Steer at",
+    list(POSITION_LABELS),
+    format_func=POSITION_LABELS.get,
+    key="steer_positions" if operation == "add" else "steer_positions_ablate",
+    index=0 if operation == "add" else 2,
+    help="Ablation is usually applied at every position, generated tokens included.",
+)
+with st.expander("Generation settings, system-prompt column, traces and the next-token panel"):
     g1, g2, g3 = st.columns(3)
     max_new = g1.number_input("Max new tokens", min_value=1, max_value=512, value=48, step=8, key="steer_max_new")
     sampling = g2.toggle("Sampling (temperature 0.7, top-p 0.9)", value=False, key="steer_sampling")
     seed = g3.number_input("Seed", min_value=0, max_value=2**31 - 1, value=0, key="steer_seed", disabled=not sampling)
+    h1, h2, h3 = st.columns(3)
+    trace_row = h1.number_input(
+        "Trace at row",
+        min_value=0,
+        max_value=L,
+        value=svc.default_layer(L),
+        key="steer_trace_row",
+        help=f"Captured row 0..{L} (row l < {L} = input of block l, after steering there; row {L} = the last block's "
+        "output). Each generated token's hidden state is projected on the harmfulness and refusal directions.",
+    )
+    topk = h2.number_input(
+        "Next-token top-k (0 = off)",
+        min_value=0,
+        max_value=20,
+        value=5,
+        key="steer_topk",
+        help="Per step the k most likely next tokens, and KL(baseline ‖ steered) until the texts diverge.",
+    )
+    system_on = h3.toggle("System-prompt column", value=False, key="steer_system_on")
+    system_text = st.text_area(
+        "System prompt (the prompting baseline: the same instruction, no vector)",
+        value=SAFETY_PROMPT,
+        height=68,
+        key="steer_system",
+        disabled=not system_on,
+    )
 
 
 def _fill(ph: Any, text: str, refused: bool | None) -> None:
@@ -86,75 +134,198 @@ def _fill(ph: Any, text: str, refused: bool | None) -> None:
             st.markdown(common.refusal_badge(refused))
 
 
-def _pair_layout(instructions: list[str], steered_label: str) -> list[tuple[Any, Any]]:
+def _pair_layout(instructions: list[str], labels: dict[str, str], extras: bool = False) -> list[dict[str, Any]]:
+    """Per instruction: one placeholder per column (baseline, steered, prompted) and, with ``extras``, one for the
+    trace chart and one for the next-token panel."""
     slots = []
     for i, inst in enumerate(instructions, 1):
         st.markdown(f"**{i}.** {inst}")
-        left, right = st.columns(2)
-        left.caption("Baseline")
-        right.caption(steered_label)
-        slots.append((left.empty(), right.empty()))
+        cols = st.columns(len(labels))
+        slot: dict[str, Any] = {}
+        for c, (name, label) in zip(cols, labels.items(), strict=True):
+            c.caption(label)
+            slot[name] = c.empty()
+        if extras:
+            slot["trace"] = st.empty()
+            slot["next"] = st.empty()
+        slots.append(slot)
     return slots
 
 
 def _show_pairs(rows: list[dict[str, Any]], steered_label: str) -> None:
-    slots = _pair_layout([r["instruction"] for r in rows], steered_label)
-    for (pb, ps), r in zip(slots, rows, strict=True):
-        _fill(pb, r["baseline"], r["baseline_refused"])
-        _fill(ps, r["steered"], r["steered_refused"])
+    slots = _pair_layout([r["instruction"] for r in rows], {"baseline": "Baseline", "steered": steered_label})
+    for slot, r in zip(slots, rows, strict=True):
+        _fill(slot["baseline"], r["baseline"], r["baseline_refused"])
+        _fill(slot["steered"], r["steered"], r["steered_refused"])
 
 
-def _rates(rows: list[dict[str, Any]]) -> None:
+def _labels(steered_label: str, system: str | None) -> dict[str, str]:
+    labels = {"baseline": "Baseline", "steered": steered_label}
+    if system is not None:
+        labels["prompted"] = "System prompt (no vector)"
+    return labels
+
+
+def _extras(slot: dict[str, Any], rec: dict[str, Any], i: int, value: str, final: bool) -> None:
+    """The trace chart and the next-token panel of one record (partial while streaming)."""
+    tf = svc.trace_frame(rec)
+    if len(tf):
+        with slot["trace"].container():
+            st.altair_chart(charts.trace_chart(tf, value), width="stretch", height=260)
+            st.caption(
+                f"Each generated token's hidden state at row {int(tf['row'].iloc[0])} (the state that chose the token) "
+                f"on the unit harmfulness and refusal directions: {value}. Solid: baseline; dashed: steered; dotted: "
+                "system prompt."
+            )
+    if not rec.get("topk"):
+        return
+    with (
+        slot["next"].container(),
+        st.expander("Next-token view: top-k per step and KL(baseline ‖ steered)", expanded=False),
+    ):
+        kf = svc.kl_frame(rec)
+        if len(kf):
+            st.altair_chart(charts.kl_chart(kf, rec.get("diverged_at") or {}).properties(height=180), width="stretch")
+        st.caption(svc.kl_note(rec))
+        n_steps = max((len(v) for v in rec["topk"].values()), default=0)
+        if not n_steps:
+            return
+        step = n_steps - 1
+        if final and n_steps > 1:
+            step = st.slider("Step", 0, n_steps - 1, 0, key=f"{state.STEER_TOPK_STEP_PREFIX}{i}")
+        st.altair_chart(charts.topk_bars(svc.topk_frame(rec, step)), width="content")
+
+
+def _show_result(res: dict[str, Any], slots: list[dict[str, Any]] | None = None, value: str = "projection") -> None:
+    rows = res["rows"]
+    system = res.get("system_prompt")
+    if slots is None:
+        slots = _pair_layout([r["instruction"] for r in rows], _labels(res["label"], system), extras=True)
+    for i, (slot, r) in enumerate(zip(slots, rows, strict=True)):
+        for col in svc.COLUMNS:
+            if col in slot and col in r:
+                _fill(slot[col], r[col], r[f"{col}_refused"])
+        _extras(slot, r, i, value, final=True)
+    _rates(rows, system is not None)
+
+
+def _rates(rows: list[dict[str, Any]], prompted: bool = False) -> None:
     n = len(rows)
     b = sum(r["baseline_refused"] for r in rows)
     s = sum(r["steered_refused"] for r in rows)
-    m1, m2 = st.columns(2)
-    m1.metric("Baseline refusals", f"{b}/{n}")
-    m2.metric("Steered refusals", f"{s}/{n}", delta=s - b, delta_color="off")
+    m = st.columns(3 if prompted else 2)
+    m[0].metric("Baseline refusals", f"{b}/{n}")
+    m[1].metric("Steered refusals", f"{s}/{n}", delta=s - b, delta_color="off")
+    if prompted:
+        p = sum(r["prompted_refused"] for r in rows)
+        m[2].metric("System-prompt refusals", f"{p}/{n}", delta=p - b, delta_color="off")
 
 
 # ------------------------------------------------------------------------------------------------ side by side
 if mode != "Sweep":
-    layers = c2.multiselect(
-        "Layer(s)",
-        list(range(L)),
-        default=[svc.default_layer(L)],
-        key="steer_layers",
-        help=f"Blocks 0..{L - 1}; the vector of row l is added at the input of block l. Default: the middle, L/2.",
+    all_layers = False
+    direction_row: int | None = None
+    coeff, reverse = 1.0, False
+    if operation == "add":
+        layers = c2.multiselect(
+            "Layer(s)",
+            list(range(L)),
+            default=[svc.default_layer(L)],
+            key="steer_layers",
+            help=f"Blocks 0..{L - 1}; the vector of row l is added at the input of block l. Default: the middle, L/2.",
+        )
+        coeff = c3.slider(
+            "Coefficient", 0.0, 8.0, 1.0, 0.25, key="steer_coeff", help="Multiplier of the raw difference of means."
+        )
+        reverse = c3.toggle("Reverse (subtract)", value=False, key="steer_reverse")
+    else:
+        where = c2.radio("Ablate at", ["every layer", "chosen layers"], key="steer_ablate_where")
+        all_layers = where == "every layer"
+        layers = c2.multiselect(
+            "Layer(s)",
+            list(range(L)),
+            default=[svc.default_layer(L)],
+            key="steer_ablate_layers",
+            disabled=all_layers,
+        )
+        rows_mode = c3.radio(
+            "Direction used",
+            ["one fixed row at every layer", "each layer its own row"],
+            key="steer_ablate_rows",
+            help="Arditi et al. ablate one direction (taken at one layer) at every layer; 'each layer its own row' "
+            "removes row l of the direction at block l.",
+        )
+        if rows_mode.startswith("one fixed"):
+            direction_row = int(
+                c3.number_input("Row", 0, L, svc.default_layer(L), key="steer_ablate_row", help=f"0..{L}")
+            )
+    system = system_text if system_on else None
+    settings = svc.SteerSettings(
+        direction,
+        tuple(layers),
+        coeff,
+        reverse,
+        positions,
+        int(max_new),
+        sampling,
+        int(seed),
+        operation=operation,
+        all_layers=all_layers,
+        direction_row=direction_row,
+        system_prompt=system,
+        trace_row=int(trace_row),
+        topk=int(topk),
     )
-    coeff = c3.slider(
-        "Coefficient", 0.0, 8.0, 1.0, 0.25, key="steer_coeff", help="Multiplier of the raw difference of means."
+    if operation == "add":
+        label = f"Steered: {direction} × {settings.signed_coeff:+g} at {common.fmt_layers(layers)} ({positions})"
+    else:
+        where_txt = "every layer" if all_layers else common.fmt_layers(layers)
+        row_txt = "each layer's own row" if direction_row is None else f"row {direction_row}"
+        label = f"Ablated: {direction} ({row_txt}) at {where_txt} ({positions})"
+    value = st.radio(
+        "Per-token trace chart shows",
+        ["projection", "cosine"],
+        horizontal=True,
+        key="steer_trace_value",
+        help="projection: h · v̂ on the unit direction (grows with the residual norm); cosine: cos(h, v).",
     )
-    reverse = c3.toggle("Reverse (subtract)", value=False, key="steer_reverse")
-    settings = svc.SteerSettings(direction, tuple(layers), coeff, reverse, positions, int(max_new), sampling, int(seed))
-    label = f"Steered: {direction} × {settings.signed_coeff:+g} at {common.fmt_layers(layers)} ({positions})"
+    trace_vectors = {n: ctx.bundle.get(n).vectors for n in ("harmfulness", "refusal") if n in ctx.bundle.directions}
     if st.button("Generate", type="primary", key="steer_go", icon=":material/play_arrow:"):
         st.session_state.pop(state.STEER_RESULT, None)
         with common.errors_shown():
             instructions = svc.parse_instructions(instructions_text)
-            if not layers:
+            if not layers and not all_layers:
                 raise ValueError("choose at least one layer to steer")
-            slots = _pair_layout(instructions, label)
+            slots = _pair_layout(instructions, _labels(label, system), extras=True)
 
-            def on_text(bs: list[str], ss: list[str]) -> None:
-                for (pb, ps), b, s in zip(slots, bs, ss, strict=True):
-                    pb.code(b or "…", language=None, wrap_lines=True)
-                    ps.code(s or "…", language=None, wrap_lines=True)
+            def on_update(recs: list[dict[str, Any]]) -> None:
+                for i, (slot, r) in enumerate(zip(slots, recs, strict=True)):
+                    for col in svc.COLUMNS:
+                        if col in slot and col in r:
+                            slot[col].code(r[col] or "…", language=None, wrap_lines=True)
+                    _extras(slot, r, i, value, final=False)
 
-            with st.spinner("Generating baseline and steered replies …"):
-                rows = svc.steer_side_by_side(ctx.handle, _vectors(direction), instructions, settings, on_text=on_text)
-            for (pb, ps), r in zip(slots, rows, strict=True):
-                _fill(pb, r["baseline"], r["baseline_refused"])
-                _fill(ps, r["steered"], r["steered_refused"])
-            st.session_state[state.STEER_RESULT] = {"rows": rows, "label": label, "settings": settings.to_dict()}
-            _rates(rows)
+            with st.spinner("Generating …"):
+                rows = svc.steer_side_by_side(
+                    ctx.handle,
+                    _vectors(direction),
+                    instructions,
+                    settings,
+                    trace_vectors=trace_vectors,
+                    on_update=on_update,
+                )
+            res = {"rows": rows, "label": label, "settings": settings.to_dict(), "system_prompt": system}
+            st.session_state[state.STEER_RESULT] = res
+            _show_result(res, slots, value)
             common.log_event(
-                "Steer", "side by side", settings={**settings.to_dict(), "model": ctx.spec.name}, rows=rows
+                "Steer",
+                "side by side" if operation == "add" else "directional ablation",
+                settings={**settings.to_dict(), "model": ctx.spec.name},
+                rows=svc.text_rows(rows),
             )
     elif st.session_state.get(state.STEER_RESULT):
-        res = st.session_state[state.STEER_RESULT]
-        _show_pairs(res["rows"], res["label"])
-        _rates(res["rows"])
+        with common.errors_shown():
+            _show_result(st.session_state[state.STEER_RESULT], value=value)
 
 # ------------------------------------------------------------------------------------------------ sweep
 else:

@@ -215,6 +215,77 @@ def test_sweep_heatmap_and_cell():
     assert any("not a number" in e for e in _errors(at))
 
 
+# ------------------------------------------------------------------------------------------------ steer: operations
+def _charts(at: AppTest) -> int:
+    return len(at.get("vega_lite_chart"))
+
+
+def _generate(at: AppTest, text: str, max_new: int) -> AppTest:
+    """Generate on the Steer page as it is set (ablation has no coefficient slider)."""
+    at.text_area(key="steer_instructions").input(text)
+    at.number_input(key="steer_max_new").set_value(max_new)
+    return _ok(at.button(key="steer_go").click().run())
+
+
+def test_steer_ablation_with_traces_and_next_token_panel(handle_and_bundle):
+    handle, _ = handle_and_bundle
+    at = _open("pages/steer.py")
+    at.segmented_control(key="steer_op").set_value("ablate").run()
+    _ok(at)
+    assert at.radio(key="steer_positions_ablate").value == "all"  # ablation defaults to every position
+    assert at.radio(key="steer_ablate_where").value == "every layer"
+    at = _generate(at, "Tell me a joke\nHow do I pick a lock", max_new=5)
+    res = at.session_state["steer_result"]
+    s = res["settings"]
+    assert (s["operation"], s["layers"], s["direction_row"], s["coeff"]) == ("ablate", "all", handle.n_layers // 2, 1.0)
+    assert res["label"].startswith("Ablated: harmfulness")
+    for r in res["rows"]:
+        assert set(r["trace"]) == {"baseline", "steered"} and r["trace"]["steered"]
+        assert {t["row"] for t in r["trace"]["baseline"]} == {handle.n_layers // 2}
+        assert set(r["kl"]) == {"steered"} and r["topk"]["baseline"]
+    # per instruction: the trace chart, and the next-token panel's KL curve and top-k bars
+    assert _charts(at) == 3 * len(res["rows"])
+    assert any("KL(baseline" in e.label for e in at.expander)
+    assert at.session_state["report_log"][-1]["title"] == "directional ablation"
+    assert "trace" not in at.session_state["report_log"][-1]["rows"][0]  # the report keeps texts, not traces
+    at.radio(key="steer_trace_value").set_value("cosine").run()  # redraw from the session's result
+    _ok(at)
+    assert _charts(at) == 3 * len(res["rows"]) and not _errors(at)
+    steps = [s for s in at.slider if str(s.key).startswith("steer_topk_step_")]
+    if steps:
+        steps[0].set_value(steps[0].max).run()
+        _ok(at)
+
+
+def test_steer_system_prompt_column_equals_a_separate_generation(handle_and_bundle):
+    from engine.positions import locate
+    from engine.steering import GenerationConfig, generate
+
+    handle, _ = handle_and_bundle
+    at = _open("pages/steer.py")
+    at.toggle(key="steer_system_on").set_value(True)
+    at.number_input(key="steer_topk").set_value(0)
+    at = _steer(at, "Tell me a joke", max_new=5)
+    row = at.session_state["steer_result"]["rows"][0]
+    system = at.text_area(key="steer_system").value
+    assert at.session_state["steer_result"]["system_prompt"] == system
+    expected = generate(handle, [locate(handle.tokenizer, "Tell me a joke", system=system)], None, GenerationConfig(5))
+    assert row["prompted"] == expected[0]
+    assert len(at.code) == 3  # baseline, steered, system prompt
+    assert [m.label for m in at.metric] == ["Baseline refusals", "Steered refusals", "System-prompt refusals"]
+    assert "topk" not in row and _charts(at) == 1  # top-k off: the trace chart only
+
+
+def test_steer_ablating_a_zero_row_shows_an_error():
+    at = _open("pages/steer.py")
+    at.selectbox(key="steer_direction").set_value("refusal")
+    at.segmented_control(key="steer_op").set_value("ablate").run()
+    at.radio(key="steer_ablate_rows").set_value("each layer its own row").run()
+    at = _generate(at, "Tell me a joke", max_new=2)
+    assert any("zero vector" in e for e in _errors(at)), _errors(at)
+    assert "steer_result" not in at.session_state
+
+
 # ------------------------------------------------------------------------------------------------ clusters
 def test_clusters_one_point_per_prompt(handle_and_bundle):
     handle, _ = handle_and_bundle
@@ -351,6 +422,32 @@ def test_directions_page_control_vector_block(handle_and_bundle):
     assert "direction.1–direction.2" in _texts(at)
     want = svc.control_vector_download(handle_and_bundle[1], handle, "harmfulness", -1.0, [2, 3])
     assert want.file_name in "\n".join(str(c.value) for c in at.code)
+
+
+def test_directions_cosine_interval_stored_and_on_demand(handle_and_bundle):
+    """The interval stored at precompute time is drawn as a band; a bundle without one gets it on demand from the
+    built-in train prompts, and a bundle those prompts do not reproduce gets an error, not a wrong band."""
+    import copy
+
+    _, bundle = handle_and_bundle
+    assert svc.stored_cosine_interval(bundle) is not None  # precomputed now, in the test cache
+    at = _open("pages/directions.py")
+    assert "bootstrap 95% interval" in _texts(at) and "stored with these directions" in _texts(at)
+    assert not [b for b in at.button if b.key == "dir_ci_go"]
+    old = copy.deepcopy(bundle)
+    old.provenance["summary"].pop("cosine_ci")
+    spec = svc.ModelSpec("tiny-random")
+    at = _open("pages/directions.py", directions_override={"spec": spec, "bundle": old, "source": "an old file"})
+    assert "No bootstrap interval" in _texts(at)
+    _ok(at.button(key="dir_ci_go").click().run())
+    held = at.session_state["dir_cosine_ci"]
+    np.testing.assert_allclose(held["ci"].point, svc.stored_cosine_interval(bundle).point, atol=1e-4)
+    assert "computed on demand" in _texts(at) and not _errors(at)
+    other = copy.deepcopy(old)
+    other.directions["refusal"].vectors = other.directions["refusal"].vectors[::-1].copy()
+    at = _open("pages/directions.py", directions_override={"spec": spec, "bundle": other, "source": "another file"})
+    _ok(at.button(key="dir_ci_go").click().run())
+    assert any("do not reproduce" in e for e in _errors(at))
 
 
 def test_directions_recompute_from_files():

@@ -289,3 +289,29 @@ def test_real_model_screenshots(real_cache: str | None, tmp_path: Path) -> None:
         assert not page.locator("[data-testid='stException']").count()
         page.wait_for_timeout(2000)
         _save(page, "guard.png", docs=True)
+
+
+def test_steer_ablation_draws_the_trace_chart(server: str) -> None:
+    """One ablation on the Steer page: the operation selector, the generation, and the per-token trace chart."""
+    with _chromium() as ctx:
+        page = ctx.new_page()
+        page.set_default_timeout(120_000)
+        page.goto(server.rstrip("/") + "/", wait_until="domcontentloaded")
+        page.get_by_role("heading", name="Steer").first.wait_for()
+        page.locator("[data-testid='stMain']").get_by_text("ablate", exact=True).first.click()
+        page.get_by_text("Ablate at", exact=True).wait_for()  # the ablation controls replaced the coefficient
+        box = page.get_by_role("textbox", name="Instructions (one per line)")
+        box.fill("Write a short poem about the ocean.")
+        box.press("Control+Enter")
+        page.get_by_role("button", name="Generate").click()
+        page.get_by_text("Steered refusals").wait_for()
+        page.get_by_text("Ablated: harmfulness", exact=False).first.wait_for()
+        _wait_charts(page, 1, 120_000)
+        # the trace chart's legend names both directions and both columns
+        legend = page.locator("[data-testid='stVegaLiteChart']").first
+        legend.get_by_text("harmfulness", exact=True).first.wait_for()
+        legend.get_by_text("steered", exact=True).first.wait_for()
+        assert page.locator("[data-testid='stMain'] pre").count() == 2
+        assert not page.locator("[data-testid='stException']").count()
+        page.wait_for_timeout(800)
+        _save(page, "steer-ablation.png")

@@ -216,6 +216,116 @@ def test_generate_category_direction_and_saved_file(cli, tmp_path):
     assert len(rows) == 1
 
 
+def test_generate_ablate_trace_topk_and_system_prompt(cli, tmp_path):
+    rows = cli(
+        "generate", *TINY, "--quiet", "--json", "--max-new-tokens", "3", "--op", "ablate", "--direction", "refusal",
+        "--trace", "--topk", "3", "--system-prompt", "be brief", "Tell me a joke", "How do I pick a lock",
+    ).json()  # fmt: skip
+    assert [r["instruction"] for r in rows] == ["Tell me a joke", "How do I pick a lock"]
+    for r in rows:
+        assert {"baseline", "steered", "prompted", "prompted_refused", "system_prompt", "trace_layer"} <= set(r)
+        assert r["trace_layer"] == 1  # the fixed direction row of an ablation (L/2 of 3 blocks)
+        assert set(r["trace"]) == set(r["topk"]) == {"baseline", "steered", "prompted"}
+        for col, toks in r["trace"].items():
+            assert 1 <= len(toks) <= 3 and len(toks) == len(r["topk"][col])
+            for t in toks:
+                assert set(t) == {"token", "projection", "cosine"}
+                assert set(t["projection"]) == set(t["cosine"]) == {"harmfulness", "refusal"}
+                assert all(-1 <= c <= 1 for c in t["cosine"].values())
+            assert all(len(step) == 3 and {"token", "prob"} == set(step[0]) for step in r["topk"][col])
+        assert set(r["kl"]) == set(r["diverged_at"]) == set(r["compare_end"]) == {"steered", "prompted"}
+        assert all(k >= 0 for k in r["kl"]["steered"])
+        assert r["compare_end"]["steered"] in ("diverged", "ended", "max_new_tokens")
+    # the ablated direction's own projection at the ablated row is 0 on every token (positions default to all)
+    assert all(abs(t["projection"]["refusal"]) < 1e-3 for r in rows for t in r["trace"]["steered"])
+    human = cli("generate", *TINY, "--quiet", "--max-new-tokens", "2", "--topk", "2", "--trace", "0", "hi").out
+    assert "KL(baseline || steered)" in human and "h.v_hat(harmfulness) at row 0" in human
+
+
+def test_generate_coefficient_zero_has_zero_kl(cli):
+    rows = cli(
+        "generate", *TINY, "--quiet", "--json", "--max-new-tokens", "4", "--coeff", "0", "--topk", "1", "hi"
+    ).json()
+    assert rows[0]["baseline"] == rows[0]["steered"] and max(rows[0]["kl"]["steered"]) < 1e-9
+    assert rows[0]["diverged_at"]["steered"] is None
+
+
+def test_generate_reads_files_and_stdin_and_writes_jsonl(cli, tmp_path, monkeypatch):
+    import io
+
+    sp = tmp_path / "system.txt"
+    sp.write_text("you are careful\n", encoding="utf-8")
+    f = _prompts(tmp_path / "insts.txt", "Tell me a joke", "Write a haiku")
+    r = cli(
+        "generate", *TINY, "--quiet", "--jsonl", "--max-new-tokens", "2", "--file", f, "--system-prompt-file", str(sp)
+    )
+    lines = [json.loads(line) for line in r.out.splitlines()]
+    assert [x["instruction"] for x in lines] == ["Tell me a joke", "Write a haiku"]
+    assert all(x["system_prompt"] == "you are careful" for x in lines)
+    monkeypatch.setattr("sys.stdin", io.StringIO("one\n\ntwo\n"))
+    rows = cli("generate", *TINY, "--quiet", "--json", "--max-new-tokens", "2", "-").json()
+    assert [x["instruction"] for x in rows] == ["one", "two"]
+    empty = tmp_path / "empty.txt"
+    empty.write_text(" \n", encoding="utf-8")
+    cli("generate", *TINY, "--quiet", "--system-prompt-file", str(empty), "hi").assert_error(2, "empty")
+
+
+def test_directions_json_has_the_cosine_interval(cli, prompt_files):
+    d = cli("directions", *TINY, "--quiet", "--json").json()
+    ci = d["cosine_ci"]  # the module's cache holds a bundle precomputed now, which stores the interval
+    assert ci and ci["level"] == 0.95 and ci["n_boot"] >= 100
+    assert len(ci["point"]) == len(ci["low"]) == len(ci["high"]) == d["n_layers"] + 1
+    for p, lo, hi, c in zip(ci["point"], ci["low"], ci["high"], d["cosine_harmfulness_refusal"], strict=True):
+        assert lo - 1e-6 <= p <= hi + 1e-6 and abs(p - c) < 1e-3
+    harmful, harmless = prompt_files
+    files = cli("directions", *TINY, "--quiet", "--json", "--harmful", harmful, "--harmless", harmless).json()
+    assert files["cosine_ci"]["groups"]["a_pos"] + files["cosine_ci"]["groups"]["a_neg"] <= 6
+    assert "95% interval" in cli("directions", *TINY, "--quiet").out
+
+
+def test_directions_ci_recomputes_a_missing_interval(cli, tmp_path):
+    """A bundle saved before the interval was stored: null, and --ci rebuilds it from the built-in train prompts."""
+    from engine.models import load_model
+    from engine.precompute import default_directions
+    from engine.storage import save_bundle
+
+    stored = cli("directions", *TINY, "--quiet", "--json").json()["cosine_ci"]
+    bundle = default_directions(load_model("tiny-random"))
+    bundle.provenance["summary"].pop("cosine_ci")
+    old = save_bundle(bundle, tmp_path / "old.safetensors")
+    assert cli("directions", *TINY, "--quiet", "--json", "--directions", str(old)).json()["cosine_ci"] is None
+    assert "--ci" in cli("directions", *TINY, "--quiet", "--directions", str(old)).out
+    again = cli("directions", *TINY, "--quiet", "--json", "--directions", str(old), "--ci").json()["cosine_ci"]
+    assert again == stored
+    other = bundle.get("refusal")
+    other.vectors = other.vectors[::-1].copy()  # not what the built-in prompts give
+    save_bundle(bundle, tmp_path / "other.safetensors")
+    cli("directions", *TINY, "--quiet", "--directions", str(tmp_path / "other.safetensors"), "--ci").assert_error(
+        2, "do not reproduce"
+    )
+
+
+def test_reproduce_ablation(cli, tmp_path):
+    """The ablation experiment from the registry: none / refusal / harmfulness ablated, refusal and 'Certainly'
+    rates on harmful prompts, two batched grids; a fixed row or each layer's own row."""
+    res = cli(
+        "reproduce", "ablation", *TINY, "--quiet", "--json", "--limit", "2", "--option", "max_new_tokens=3",
+        "--option", "inversion_tokens=2", "--out", str(tmp_path),
+    ).json()  # fmt: skip
+    rows = res["rows"]
+    assert [(r["metric"], r["ablated"]) for r in rows] == [
+        (m, d) for d in ("none", "refusal", "harmfulness") for m in ("refusal_rate", "certainly_rate")
+    ]
+    assert all(r["n"] == 2 and (r["rate"] is None or 0 <= r["rate"] <= 1) for r in rows)
+    assert any("one fixed row, 1," in n for n in res["notes"])
+    assert (tmp_path / "ablation.png").exists() and (tmp_path / "ablation.csv").exists()
+    each = cli(
+        "reproduce", "ablation", *TINY, "--quiet", "--json", "--limit", "1", "--option", "max_new_tokens=2",
+        "--option", "inversion_tokens=1", "--option", "row=\"each\"",
+    ).json()  # fmt: skip
+    assert any("blocks [0] skipped" in n for n in each["notes"])  # row 0 of the refusal direction is zero
+
+
 def test_guard(cli):
     r = cli("guard", *TINY, "--quiet", "How do I bake bread?", "How do I build a bomb?")
     assert r.rc == 0 and len(r.out.splitlines()) == 2
@@ -459,7 +569,9 @@ def test_app_print_command(cli, tmp_path, monkeypatch):
         (("generate", *TINY, "--coeff", "abc", "hi"), "not a number: 'abc'"),
         (("generate", *TINY, "--layer", "x", "hi"), "--layer"),
         (("generate", *TINY, "--positions", "everywhere", "hi"), "--positions"),
-        (("generate", *TINY), "required: instructions"),
+        (("generate", *TINY, "--op", "remove", "hi"), "--op"),
+        (("generate", *TINY, "--direction-row", "x", "hi"), "--direction-row"),
+        (("generate", *TINY, "--system-prompt", "a", "--system-prompt-file", "f", "hi"), "not allowed with"),
         (("guard", *TINY, "--threshold", "high", "hi"), "not a number"),
         (("precompute", *TINY, "--labeller", "vibes"), "--labeller"),
         (("directions", *TINY, "--limit", "many"), "--limit"),
@@ -495,6 +607,11 @@ def test_argparse_errors_are_one_line(cli, argv, needle):
         (("generate", *TINY, "--coeff", "inf", "hi"), "finite"),
         (("generate", *TINY, "--direction", "no-such-direction", "hi"), "no direction named"),
         (("generate", *TINY, "--max-new-tokens", "0", "hi"), "max_new_tokens"),
+        (("generate", *TINY), "give the instruction(s)"),
+        (("generate", *TINY, "--op", "ablate", "--direction", "refusal", "--direction-row", "0", "hi"), "zero vector"),
+        (("generate", *TINY, "--trace", "99", "hi"), "out of range"),
+        (("generate", *TINY, "--topk", "-1", "hi"), "top-k"),
+        (("generate", *TINY, "--system-prompt", " ", "hi"), "system prompt is empty"),
         (("guard", *TINY, "--threshold", "nan", "hi"), "finite"),
         (("precompute", *TINY, "--limit", "-2"), "positive number"),
         (("precompute", *TINY, "--limit", "0"), "positive number"),  # 0 no longer means "no limit" (as for directions)
@@ -503,6 +620,7 @@ def test_argparse_errors_are_one_line(cli, argv, needle):
         (("reproduce", "refusal-template", *TINY, "--option", "coeff"), "KEY=VALUE"),
         (("reproduce", "refusal-template", *TINY, "--limit", "2", "--option", "nosuch=1"), "nosuch"),
         (("reproduce", "refusal-template", *TINY, "--limit", "2", "--option", "labeller=vibes"), "labeller must be one of"),
+        (("reproduce", "ablation", *TINY, "--limit", "1", "--option", "row=99"), "row must be"),
     ],
     ids=lambda v: " ".join(v) if isinstance(v, tuple) else None,
 )  # fmt: skip

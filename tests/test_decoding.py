@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.decoding import MAX_NEW_TOKENS_LIMIT, GenerationConfig, next_tokens
+from engine.decoding import MAX_NEW_TOKENS_LIMIT, GenerationConfig, kl_divergence, next_tokens, top_k
 
 
 def test_greedy_is_argmax():
@@ -28,3 +28,27 @@ def test_limits():
     assert GenerationConfig(max_new_tokens=MAX_NEW_TOKENS_LIMIT).max_new_tokens == MAX_NEW_TOKENS_LIMIT
     with pytest.raises(ValueError, match="max_new_tokens"):
         GenerationConfig(max_new_tokens=MAX_NEW_TOKENS_LIMIT + 1)
+
+
+def test_top_k_is_the_softmax_head():
+    logits = torch.tensor([[2.0, 0.0, 1.0, -1.0]])
+    p, i = top_k(logits, 2)
+    full = torch.softmax(logits, -1)[0]
+    assert i.tolist() == [[0, 2]]
+    torch.testing.assert_close(p[0], full[[0, 2]])
+    assert top_k(logits, 10)[1].shape == (1, 4)  # k beyond the vocabulary: every token
+    for bad in (0, -1, 2.0, True):
+        with pytest.raises(ValueError, match="top-k"):
+            top_k(logits, bad)
+
+
+def test_kl_divergence_by_hand():
+    p = torch.tensor([[0.0, 1.0, 2.0], [1.0, 1.0, 1.0]])
+    q = torch.tensor([[2.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    kl = kl_divergence(p, q)
+    pp, qq = torch.softmax(p.double(), -1), torch.softmax(q.double(), -1)
+    torch.testing.assert_close(kl, (pp * (pp / qq).log()).sum(-1))
+    assert kl[1] == 0 and kl[0] > 0
+    assert kl_divergence(p, p).abs().max() == 0
+    with pytest.raises(ValueError, match="shapes differ"):
+        kl_divergence(p, q[:, :2])

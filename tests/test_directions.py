@@ -5,7 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.directions import DirectionBundle, DirectionSet, belief_scores, cosine, delta, layer_cosines
+from engine.directions import (
+    CosineInterval,
+    DirectionBundle,
+    DirectionSet,
+    belief_scores,
+    bootstrap_cosine,
+    cosine,
+    delta,
+    layer_cosines,
+)
 
 R, D = 4, 32
 
@@ -159,3 +168,75 @@ def test_bundle(rng):
     with pytest.raises(KeyError, match="no direction named"):
         b.get("nope")
     assert h.summary()["norms"] == [round(float(x), 5) for x in h.norms()]
+
+
+# ------------------------------------------------------------------------------- bootstrap interval of the cosine
+def two_directions(rng, n_per_group: int, noise: float = 1.5):
+    """States of 2n prompts at two positions: group 1 vs group 0 differ by u at position a and by w at b, where u and
+    w share a known part (their cosine is about 0.5), plus noise."""
+    u = rng.normal(size=(R, D))
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    z = rng.normal(size=(R, D))
+    z -= (z * u).sum(1, keepdims=True) * u
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    w = 0.5 * u + np.sqrt(0.75) * z
+    y = np.repeat([True, False], n_per_group)
+    a = rng.normal(size=(2 * n_per_group, R, D)) * noise + 2.0 * y[:, None, None] * u
+    b = rng.normal(size=(2 * n_per_group, R, D)) * noise + 2.0 * y[:, None, None] * w
+    return a, b, y
+
+
+def test_bootstrap_cosine_is_seeded_and_contains_the_point(rng):
+    a, b, y = two_directions(rng, 60)
+    ci = bootstrap_cosine(a, y, ~y, b, y, ~y, n_boot=300, seed=1)
+    assert isinstance(ci, CosineInterval) and ci.point.shape == ci.low.shape == ci.high.shape == (R,)
+    np.testing.assert_allclose(ci.point, cosine(a[y].mean(0) - a[~y].mean(0), b[y].mean(0) - b[~y].mean(0)))
+    assert (ci.low <= ci.point).all() and (ci.point <= ci.high).all() and (ci.low < ci.high).all()
+    assert (ci.low < 0.5).all() and (ci.high > 0.3).all()  # the planted cosine is about 0.5
+    again = bootstrap_cosine(a, y, ~y, b, y, ~y, n_boot=300, seed=1)
+    np.testing.assert_array_equal(again.low, ci.low)
+    np.testing.assert_array_equal(again.high, ci.high)
+    other = bootstrap_cosine(a, y, ~y, b, y, ~y, n_boot=300, seed=2)
+    assert not np.array_equal(other.low, ci.low)
+    assert ci.groups == {"a_pos": 60, "a_neg": 60, "b_pos": 60, "b_neg": 60}
+    back = CosineInterval.from_dict(ci.to_dict())
+    np.testing.assert_allclose(back.high, ci.high, atol=1e-5)
+    assert back.n_boot == 300 and back.level == 0.95
+
+
+def test_bootstrap_interval_narrows_with_more_prompts(rng):
+    widths = []
+    for n in (15, 240):
+        a, b, y = two_directions(rng, n)
+        ci = bootstrap_cosine(a, y, ~y, b, y, ~y, n_boot=200, seed=0)
+        widths.append(float((ci.high - ci.low).mean()))
+    assert widths[1] < widths[0] / 2
+
+
+def test_bootstrap_resamples_within_groups_and_checks_input(rng):
+    a, b, y = two_directions(rng, 20)
+    # different groups behind the two directions (e.g. the refusal direction pooling more prompts)
+    pooled = y.copy()
+    pooled[:5] = False
+    ci = bootstrap_cosine(a, y, ~y, b, pooled, ~pooled, n_boot=50)
+    assert ci.groups == {"a_pos": 20, "a_neg": 20, "b_pos": 15, "b_neg": 25}
+    with pytest.raises(ValueError, match="selects no prompt"):
+        bootstrap_cosine(a, y, np.zeros_like(y), b, y, ~y)
+    with pytest.raises(ValueError, match="one entry per prompt"):
+        bootstrap_cosine(a, y[:3], ~y, b, y, ~y)
+    with pytest.raises(ValueError, match="same prompts"):
+        bootstrap_cosine(a, y, ~y, b[:, :2], y, ~y)
+    with pytest.raises(ValueError, match="n_boot"):
+        bootstrap_cosine(a, y, ~y, b, y, ~y, n_boot=3)
+    with pytest.raises(ValueError, match="level"):
+        bootstrap_cosine(a, y, ~y, b, y, ~y, level=1.5)
+
+
+def test_bootstrap_of_a_direction_that_is_zero_at_a_row_is_zero_there(rng):
+    """Row 0 at t_post_inst: every prompt has the same state, so the refusal direction is 0 there; resampled means
+    differ only by rounding, which must not turn into random cosines."""
+    a, b, y = two_directions(rng, 30)
+    b[:, 0] = rng.normal(size=D) * 50  # the same state for every prompt
+    ci = bootstrap_cosine(a, y, ~y, b, y, ~y, n_boot=100)
+    assert ci.point[0] == ci.low[0] == ci.high[0] == 0.0
+    assert (ci.high[1:] > 0).all()

@@ -39,6 +39,7 @@ NAMES = {
     "latent-guard",
     "jailbreaks",
     "category-directions",
+    "ablation",
 }
 REAL_LABEL = labels_mod.label_refusals
 CATS = ["weapons", "fraud", "drugs"]
@@ -242,7 +243,11 @@ def results(handle, data, tmp_path_factory, cache_root):
         mp.setenv("STEERING_EXPLORER_CACHE", str(cache_root))
         mp.setattr(E.context, "label_refusals", fake_label_refusals)
         mp.setattr(clusters_mod, "label_refusals", fake_label_refusals)
-        opts = {"steer-refusal": {"max_new_tokens": 6}, "reply-inversion": {"max_new_tokens": 6}}
+        opts = {
+            "steer-refusal": {"max_new_tokens": 6},
+            "reply-inversion": {"max_new_tokens": 6},
+            "ablation": {"max_new_tokens": 6, "inversion_tokens": 4},
+        }
         res = {
             n: E.run_experiment(
                 n, handle, data=data, limit=4, out_dir=out, progress=lambda *a: calls.append(a), **opts.get(n, {})
@@ -592,7 +597,7 @@ def test_progress_stages_name_the_experiment(results):
 
 
 def test_sweeps_are_one_batched_generate(handle, data, fake_labels, monkeypatch):
-    from engine import steering
+    from engine.steering import generation as steering
 
     calls: list[int] = []
     real = steering._generate_rows

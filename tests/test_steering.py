@@ -9,11 +9,22 @@ import numpy as np
 import pytest
 import torch
 
-from engine import steering as steering_mod
 from engine.capture import record
 from engine.positions import inversion_message, locate, pad_batch, position_ids_for, prepare
 from engine.refusal import is_refusal
-from engine.steering import GenerationConfig, GridBlock, GridRecord, SteeringSpec, generate, grid, side_by_side, steer
+from engine.steering import (
+    GenerationConfig,
+    GridBlock,
+    GridRecord,
+    SteeringSpec,
+    TraceSpec,
+    generate,
+    generate_rows,
+    grid,
+    side_by_side,
+    steer,
+)
+from engine.steering import spec as steering_spec
 
 INSTS = [
     "How do I make a bomb?",
@@ -243,13 +254,13 @@ def test_grid_argument_checks(tiny, vecs):
 def test_each_spec_and_vector_is_checked_once(tiny, vecs, monkeypatch):
     """A 1,000-row sweep must not re-check the same (L+1, d) array per row (and again inside ``steer``)."""
     calls: list[tuple[int, ...]] = []
-    real = steering_mod._check_shape
+    real = steering_spec._check_shape
 
     def counting(handle, v):
         calls.append(v.shape)
         real(handle, v)
 
-    monkeypatch.setattr(steering_mod, "_check_shape", counting)
+    monkeypatch.setattr(steering_spec, "_check_shape", counting)
     s = spec(vecs)
     generate(tiny, INSTS, [s, None, s], CFG)
     assert len(calls) == 1  # one distinct spec on two rows, not re-checked by the hooks
@@ -476,3 +487,265 @@ def test_rows_leaving_early_do_not_change_the_others(tiny, vecs):
     mixed = generate(tiny, INSTS, specs, CFG, stop_fn=stop_row0)
     assert alone[0].startswith(mixed[0]) and len(mixed[0]) < len(alone[0])
     assert mixed[1:] == alone[1:]
+
+
+# ------------------------------------------------------------------------------- directional ablation
+
+
+def _component(h: torch.Tensor, v: np.ndarray) -> torch.Tensor:
+    u = torch.as_tensor(v / np.linalg.norm(v))
+    return (h.float() * u).sum(-1)
+
+
+def test_ablation_removes_the_component_at_hooked_rows_only(tiny, vecs, no_hook_leak):
+    prompts = prepare(tiny, INSTS[:2])
+    raw = 3.0 * vecs  # not unit: the hook must normalise
+    layer = 1
+    orig, pads = _hidden_rows(tiny, prompts, None)
+    got, _ = _hidden_rows(tiny, prompts, [SteeringSpec(raw, (layer,), operation="ablate"), None])
+    k = pads[0]
+    u = torch.as_tensor(vecs[layer])
+    assert _component(orig[layer][0, k:], raw[layer]).abs().min() > 1e-3  # there was something to remove
+    assert _component(got[layer][0, k:], raw[layer]).abs().max() < 1e-5
+    expected = orig[layer][0, k:] - (orig[layer][0, k:] @ u)[:, None] * u
+    torch.testing.assert_close(got[layer][0, k:], expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(got[layer][0, :k], orig[layer][0, :k], rtol=0, atol=0)  # padding untouched
+    for r in range(layer):
+        torch.testing.assert_close(got[r], orig[r], rtol=0, atol=0)
+    for r in range(tiny.n_rows):  # the row without a spec is untouched everywhere
+        torch.testing.assert_close(got[r][1], orig[r][1], rtol=0, atol=1e-6)
+
+
+def test_ablation_is_idempotent(tiny, vecs, no_hook_leak):
+    prompts = prepare(tiny, INSTS[:1])
+    once = SteeringSpec(vecs, (1,), operation="ablate")
+    ids, mask, pads = pad_batch(tiny, prompts)
+    single, _ = _hidden_rows(tiny, prompts, [once])
+    with torch.no_grad(), steer(tiny, [once], prompts, pads), steer(tiny, [once], prompts, pads), record(tiny) as rec:
+        tiny.model(input_ids=ids, attention_mask=mask, position_ids=position_ids_for(mask), use_cache=False)
+    for r in range(tiny.n_rows):
+        torch.testing.assert_close(rec[r][0], single[r], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("fixed", [None, 2])
+def test_ablation_at_all_layers_each_row_or_one_fixed_row(tiny, vecs, fixed):
+    prompts = prepare(tiny, INSTS[:1])
+    spec_all = SteeringSpec(vecs, "all", positions="all", operation="ablate", direction_row=fixed)
+    assert spec_all.layer_set(tiny) == tuple(range(tiny.n_layers))
+    got, _ = _hidden_rows(tiny, prompts, [spec_all])
+    orig, _ = _hidden_rows(tiny, prompts, None)
+    for layer in range(tiny.n_layers):  # every block input has no component along its direction
+        v = vecs[layer if fixed is None else fixed]
+        assert _component(got[layer][0], v).abs().max() < 1e-5
+        assert _component(orig[layer][0], v).abs().max() > 1e-3
+    if fixed is not None:  # each layer its own row is a different intervention
+        other, _ = _hidden_rows(tiny, prompts, [SteeringSpec(vecs, "all", positions="all", operation="ablate")])
+        assert not torch.allclose(other[1], got[1], atol=1e-4)
+
+
+def test_ablating_a_zero_vector_is_an_error(tiny, vecs):
+    zero_row = vecs.copy()
+    zero_row[0] = 0.0
+    with pytest.raises(ValueError, match=r"zero vector.*row\(s\) \[0\]"):
+        generate(tiny, INSTS[:1], SteeringSpec(zero_row, "all", operation="ablate"), CFG)
+    with pytest.raises(ValueError, match="zero vector"):
+        generate(tiny, INSTS[:1], SteeringSpec(zero_row, (2,), operation="ablate", direction_row=0), CFG)
+    # the same direction is fine where its row is not zero, and adding a zero vector is a no-op, not an error
+    generate(tiny, INSTS[:1], SteeringSpec(zero_row, (1, 2), operation="ablate"), GenerationConfig(max_new_tokens=1))
+    generate(tiny, INSTS[:1], SteeringSpec(zero_row, "all"), GenerationConfig(max_new_tokens=1))
+    with pytest.raises(ValueError, match="zero vector"):
+        grid(tiny, GridBlock(INSTS[:1], {"z": zero_row}, "all", [1.0], operation="ablate", layer_mode="together"), CFG)
+
+
+def test_ablation_checks(vecs):
+    with pytest.raises(ValueError, match="operation"):
+        SteeringSpec(vecs, (1,), operation="project")
+    with pytest.raises(ValueError, match="direction_row"):
+        SteeringSpec(vecs, (1,), operation="ablate", direction_row=99)
+    with pytest.raises(ValueError, match="'all'"):
+        SteeringSpec(vecs, "every", operation="ablate")
+    with pytest.raises(ValueError, match="layer_mode"):
+        GridBlock(INSTS[:1], {"v": vecs}, [1], [1.0], layer_mode="both")
+
+
+def test_mixed_add_ablate_and_baseline_rows_equal_separate_calls(tiny, vecs, baseline, no_hook_leak):
+    specs = [
+        SteeringSpec(vecs, (1,), 2.0),
+        SteeringSpec(vecs, "all", positions="all", operation="ablate", direction_row=1),
+        None,
+    ]
+    together = generate(tiny, INSTS, specs, CFG)
+    alone = [generate(tiny, [t], [s], CFG)[0] for t, s in zip(INSTS, specs, strict=True)]
+    assert together == alone
+    assert together[2] == baseline[2]
+    assert generate(tiny, INSTS, SteeringSpec(vecs, "all", 0.0, "all", "ablate"), CFG) == baseline
+    s = SteeringSpec(vecs, (0, 2), positions="all", operation="ablate")
+    assert generate(tiny, INSTS, s, CFG) == generate(
+        tiny, INSTS, s, GenerationConfig(max_new_tokens=8, use_cache=False)
+    )
+
+
+def test_grid_together_cells_ablate_every_layer_at_once(tiny, vecs, baseline):
+    block = GridBlock(INSTS[:2], {"a": vecs}, "all", [1.0], positions="all", operation="ablate", layer_mode="together")
+    rows = grid(tiny, block, CFG)
+    assert [(r["direction"], r["layer"], r["layers"], r["operation"]) for r in rows] == [
+        ("none", None, None, None),
+        ("none", None, None, None),
+        ("a", None, [0, 1, 2], "ablate"),
+        ("a", None, [0, 1, 2], "ablate"),
+    ]
+    expected = generate(tiny, INSTS[:2], SteeringSpec(vecs, "all", positions="all", operation="ablate"), CFG)
+    assert [r["text"] for r in rows[2:]] == expected
+    assert [r["text"] for r in rows[:2]] == baseline[:2]
+
+
+# ------------------------------------------------------------------------------- traces, top-k, KL, system prompt
+
+
+def _full_forward_rows(handle, prompt, token_ids, spec):
+    """Hidden states of prompt + generated tokens in one uncached forward (the same steering): {row: (seq, d)}."""
+    ids = torch.tensor([list(prompt.input_ids) + list(token_ids)])
+    mask = torch.ones_like(ids)
+    with torch.no_grad(), steer(handle, [spec], [prompt], [0]), record(handle, None) as rec:
+        handle.model(input_ids=ids, attention_mask=mask, position_ids=position_ids_for(mask), use_cache=False)
+    return {r: rec[r][0][0] for r in rec}
+
+
+def test_traces_match_a_manual_forward(tiny, vecs, no_hook_leak):
+    other = np.roll(vecs, 3, axis=1) * 2.0
+    trace = TraceSpec({"a": vecs, "b": other}, (0, 2, tiny.n_layers))
+    specs = [None, SteeringSpec(vecs, (1,), 3.0), SteeringSpec(vecs, "all", positions="prompt", operation="ablate")]
+    outs = generate_rows(tiny, INSTS, specs, CFG, trace=trace)
+    prompts = prepare(tiny, INSTS)
+    for o, p, s in zip(outs, prompts, specs, strict=True):
+        n = len(o.token_ids)
+        assert n > 0 and len(o.tokens) == len(o.projection) == len(o.cosine) == n
+        assert all(a.shape == (3, 2) for a in o.projection)
+        hs = _full_forward_rows(tiny, p, o.token_ids, s)
+        for i, row in enumerate(trace.rows):
+            h = hs[row][p.n_tokens - 1 : p.n_tokens - 1 + n].double()  # the state that chose each token
+            for j, v in enumerate((vecs, other)):
+                u = torch.as_tensor(v[row], dtype=torch.float64)
+                proj = h @ (u / u.norm())
+                got = torch.tensor(np.array([a[i, j] for a in o.projection]), dtype=torch.float64)
+                torch.testing.assert_close(got, proj, rtol=1e-3, atol=1e-4)
+                cos = torch.tensor(np.array([c[i, j] for c in o.cosine]), dtype=torch.float64)
+                torch.testing.assert_close(cos, proj / h.norm(dim=-1), rtol=1e-3, atol=1e-4)
+    assert [o.text for o in outs] == generate(tiny, INSTS, specs, CFG)  # tracing changes nothing
+
+
+def test_trace_of_the_ablated_direction_is_zero_where_it_is_ablated(tiny, vecs):
+    s = SteeringSpec(vecs, "all", positions="all", operation="ablate", direction_row=1)
+    fixed = np.repeat(vecs[1:2], tiny.n_rows, axis=0)
+    out = generate_rows(tiny, INSTS[:1], s, CFG, trace=TraceSpec({"r": fixed}, (1, 2)))[0]
+    assert np.abs(np.array(out.projection)).max() < 1e-4
+    base = generate_rows(tiny, INSTS[:1], None, CFG, trace=TraceSpec({"r": fixed}, (1, 2)))[0]
+    assert np.abs(np.array(base.projection)).max() > 1e-2
+
+
+def test_trace_and_topk_stream_with_the_text(tiny, vecs):
+    seen = []
+    trace = TraceSpec({"a": vecs}, (1,))
+    outs = generate_rows(
+        tiny,
+        INSTS[:2],
+        [None, SteeringSpec(vecs, (1,), 2.0)],
+        CFG,
+        trace=trace,
+        topk=3,
+        on_text=lambda os: seen.append([(o.text, len(o.projection), len(o.topk)) for o in os]),
+    )
+    assert len(seen) > 1
+    assert seen[-1] == [(o.text, len(o.token_ids), len(o.token_ids)) for o in outs]
+    for a, b in itertools.pairwise(seen):
+        assert all(y[1] >= x[1] and y[0].startswith(x[0]) for x, y in zip(a, b, strict=True))
+    for o in outs:
+        for step, tok in zip(o.topk, o.tokens, strict=True):
+            probs = [p for _, p in step]
+            assert len(step) == 3 and probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-6
+            assert step[0][0] == tok  # greedy: the generated token is the most likely one
+
+
+def test_kl_is_zero_at_coefficient_zero_and_stops_at_divergence(tiny, vecs):
+    zero = side_by_side(tiny, INSTS, spec(vecs, (1,), 0.0), CFG, topk=2)
+    for r in zero:
+        assert r["baseline"] == r["steered"]
+        assert r["kl"]["steered"] and max(r["kl"]["steered"]) < 1e-9
+        assert r["diverged_at"]["steered"] is None and r["compare_end"]["steered"] in ("max_new_tokens", "ended")
+    strong = side_by_side(tiny, INSTS, spec(vecs, (1,), 6.0), CFG, topk=2)
+    diverged = [r for r in strong if r["diverged_at"]["steered"] is not None]
+    assert diverged, "strong steering should change some text"
+    for r in diverged:
+        d = r["diverged_at"]["steered"]
+        assert len(r["kl"]["steered"]) == d + 1 and r["compare_end"]["steered"] == "diverged"
+        assert r["kl"]["steered"][-1] > 0
+    # step 0: KL between the prefill distributions, computed by hand
+    prompts = prepare(tiny, INSTS[:1])
+    ids, mask, pads = pad_batch(tiny, prompts)
+    with torch.no_grad():
+        base = tiny.model(input_ids=ids, attention_mask=mask).logits[:, -1]
+        with steer(tiny, [spec(vecs, (1,), 6.0)], prompts, pads):
+            steered = tiny.model(input_ids=ids, attention_mask=mask).logits[:, -1]
+    lp, lq = torch.log_softmax(base.double(), -1), torch.log_softmax(steered.double(), -1)
+    assert strong[0]["kl"]["steered"][0] == pytest.approx(float((lp.exp() * (lp - lq)).sum()), rel=1e-4, abs=1e-8)
+
+
+def test_compared_rows_share_a_batch(tiny, vecs):
+    one = side_by_side(tiny, INSTS, spec(vecs, (1,), 3.0), CFG, topk=2)
+    small = side_by_side(tiny, INSTS, spec(vecs, (1,), 3.0), GenerationConfig(max_new_tokens=8, batch_size=2), topk=2)
+    for a, b in zip(small, one, strict=True):  # batches of 2 rows: each pair shares one, and the KL is the same
+        assert a["kl"]["steered"] == pytest.approx(b["kl"]["steered"], rel=1e-4, abs=1e-7)
+    assert [r["steered"] for r in small] == [r["steered"] for r in one]
+    with pytest.raises(ValueError, match="share a batch"):
+        generate_rows(tiny, INSTS, None, GenerationConfig(max_new_tokens=2, batch_size=1), topk=1, compare=[(0, 1)])
+    with pytest.raises(ValueError, match="two different rows"):
+        generate_rows(tiny, INSTS, None, CFG, compare=[(0, 0)])
+
+
+def test_system_prompt_row_equals_a_separate_call(tiny, vecs, baseline):
+    sp = "you are helpful and answer in one word"
+    rows = side_by_side(tiny, INSTS, spec(vecs), CFG, system_prompt=sp, trace=TraceSpec({"a": vecs}, (1,)), topk=2)
+    alone = generate(tiny, [locate(tiny.tokenizer, i, system=sp) for i in INSTS], None, CFG)
+    assert [r["prompted"] for r in rows] == alone
+    assert [r["baseline"] for r in rows] == baseline
+    assert alone != baseline  # the system prompt changes something
+    for r in rows:
+        assert r["system_prompt"] == sp and r["prompted_refused"] == is_refusal(r["prompted"])
+        assert set(r["trace"]) == set(r["topk"]) == {"baseline", "steered", "prompted"}
+        assert set(r["kl"]) == {"steered", "prompted"}
+        assert {"step", "token", "row", "direction", "projection", "cosine"} == set(r["trace"]["prompted"][0])
+    with pytest.raises(ValueError, match="system prompt is empty"):
+        side_by_side(tiny, INSTS[:1], spec(vecs), CFG, system_prompt="  ")
+
+
+def test_side_by_side_streams_records(tiny, vecs):
+    seen = []
+    rows = side_by_side(
+        tiny, INSTS[:2], spec(vecs), CFG, system_prompt="be brief", topk=2, on_update=lambda recs: seen.append(recs)
+    )
+    assert len(seen) > 1 and seen[-1][0]["prompted"] == rows[0]["prompted"]
+    assert seen[-1][1]["kl"] == rows[1]["kl"]
+
+
+def test_trace_checks(tiny, vecs):
+    with pytest.raises(ValueError, match="at least one direction"):
+        TraceSpec({}, (1,))
+    with pytest.raises(ValueError, match="at least one layer"):
+        TraceSpec({"a": vecs}, ())
+    with pytest.raises(ValueError, match="out of range"):
+        generate_rows(tiny, INSTS[:1], None, CFG, trace=TraceSpec({"a": vecs}, (9,)))
+    with pytest.raises(ValueError, match="this model needs"):
+        generate_rows(tiny, INSTS[:1], None, CFG, trace=TraceSpec({"a": vecs[:, :8]}, (1,)))
+    with pytest.raises(ValueError, match="top-k"):
+        generate_rows(tiny, INSTS[:1], None, CFG, topk=-1)
+
+
+def test_trace_hooks_are_removed_on_error(tiny, vecs, hook_counts):
+    before = hook_counts(tiny)
+
+    def explode(text: str) -> bool:
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        generate_rows(tiny, INSTS, spec(vecs), CFG, trace=TraceSpec({"a": vecs}, (0, 3)), stop_fn=explode)
+    assert hook_counts(tiny) == before

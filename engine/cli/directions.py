@@ -1,4 +1,9 @@
-"""The direction commands: ``directions`` (show or compute harmfulness/refusal directions) and ``precompute`` (labels, clusters and every direction, with provenance)."""
+"""The direction commands: ``directions`` (show or compute harmfulness/refusal directions) and ``precompute`` (labels, clusters and every direction, with provenance).
+
+``directions --json`` carries ``cosine_ci``: cos(harmfulness, refusal) per layer with its bootstrap 95% interval
+(``point``, ``low``, ``high``, ``level``, ``n_boot``, ``groups``), as stored with the directions at precompute time;
+for a bundle made before that it is null unless ``--ci`` recomputes it from the built-in train prompts saved beside
+the bundle (one capture of those prompts; refused when they do not reproduce the bundle's cosines)."""
 
 from __future__ import annotations
 
@@ -12,6 +17,31 @@ from typing import Any
 from .common import Progress, add_common, directions_for, emit, load, read_prompts
 
 __all__ = ["register"]
+
+
+def _interval_now(handle: Any, bundle: Any, prog: Progress) -> dict[str, Any]:
+    """The cosine interval recomputed from the labelled built-in train prompts saved beside the model's bundle."""
+    from ..capture import capture
+    from ..directions import layer_cosines
+    from ..precompute import cosine_interval, load_records
+    from ..progress import staged
+
+    recs = load_records(handle)
+    if not recs:
+        raise ValueError(
+            "no labelled built-in prompts are saved beside these directions, so --ci cannot rebuild the interval; "
+            f"run `python -m engine precompute --model {handle.spec.name}` (it stores the interval)"
+        )
+    if not prog.quiet:
+        sys.stderr.write(f"computing the cosine interval from {len(recs)} built-in train prompts (one capture)\n")
+    acts = capture(handle, [r["instruction"] for r in recs], progress=staged(prog, "capturing")).acts
+    ci = cosine_interval(recs, acts, refusal_pool=str(bundle.provenance.get("refusal_pool", "default")))
+    if not ci.agrees_with(layer_cosines(bundle.harmfulness, bundle.refusal)):
+        raise ValueError(
+            "the built-in train prompts do not reproduce these directions' cosines (they came from other prompts); "
+            "recompute the directions from their prompts with `directions --harmful ... --harmless ...` instead"
+        )
+    return ci.to_dict()
 
 
 def cmd_directions(args: argparse.Namespace) -> int:
@@ -39,18 +69,28 @@ def cmd_directions(args: argparse.Namespace) -> int:
         "hidden_size": handle.hidden_size,
         "norms": {"harmfulness": s["norms"]["harmfulness"], "refusal": s["norms"]["refusal"]},
         "cosine_harmfulness_refusal": s["cosine_harmfulness_refusal"],
+        "cosine_ci": (bundle.provenance.get("summary") or {}).get("cosine_ci"),
     }
-    human = "layer  |harm|    |ref|   cos\n" + "\n".join(
-        f"{i:>5} {a:>8.3f} {b:>8.3f} {c:>6.3f}"
-        for i, (a, b, c) in enumerate(
+    if payload["cosine_ci"] is None and args.ci:
+        payload["cosine_ci"] = _interval_now(handle, bundle, prog)
+    ci = payload["cosine_ci"]
+    lo = ci["low"] if ci else [None] * len(payload["cosine_harmfulness_refusal"])
+    hi = ci["high"] if ci else lo
+    human = f"layer  |harm|    |ref|   cos    {'95% interval' if ci else ''}\n" + "\n".join(
+        f"{i:>5} {a:>8.3f} {b:>8.3f} {c:>6.3f}" + (f"  [{low:+.3f}, {high:+.3f}]" if low is not None else "")
+        for i, (a, b, c, low, high) in enumerate(
             zip(
                 payload["norms"]["harmfulness"],
                 payload["norms"]["refusal"],
                 payload["cosine_harmfulness_refusal"],
+                lo,
+                hi,
                 strict=True,
             )
         )
     )
+    if not ci:
+        human += "\n(no bootstrap interval stored with these directions: add --ci to compute it now)"
     emit(args, payload, human)
     return 0
 
@@ -117,6 +157,11 @@ def register(sub: Any) -> None:
     sp.add_argument("--unit", action="store_true", help="unit-normalise each layer's direction")
     sp.add_argument("--no-normalize", action="store_true", help="keep trailing punctuation of instructions")
     sp.add_argument("--out", metavar="FILE", help="save as safetensors + JSON sidecar")
+    sp.add_argument(
+        "--ci",
+        action="store_true",
+        help="when the directions carry no stored cosine interval, compute it now from the built-in train prompts",
+    )
     sp.set_defaults(func=cmd_directions)
 
     sp = sub.add_parser("precompute", help="labels, clusters and every direction, with provenance")

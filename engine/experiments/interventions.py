@@ -35,7 +35,15 @@ from ..steering import GenerationConfig, GridBlock, GridRecord, grid
 from .context import RunContext
 from .results import rate
 
-__all__ = ["parse_layers", "reply_inversion", "score_inversion", "steer_refusal", "steer_refusal_sweep"]
+__all__ = [
+    "inversion_prompts",
+    "inversion_question",
+    "parse_layers",
+    "reply_inversion",
+    "score_inversion",
+    "steer_refusal",
+    "steer_refusal_sweep",
+]
 
 Rows = list[dict[str, Any]]
 
@@ -167,6 +175,29 @@ def _inversion_decided(text: str) -> bool:
     return "ertainly" in text
 
 
+def inversion_question(ctx: RunContext, question: int | str) -> str:
+    """The reply-inversion question: an index into the data's inversion questions, or the text itself."""
+    if isinstance(question, str) and not question.isdigit():
+        return question
+    qs = ctx.data.inversion_questions
+    if qs is None or not len(qs):
+        raise ValueError("no inversion questions")
+    k = int(question)
+    if not 0 <= k < len(qs):
+        raise ValueError(f"question={k} is out of range: 0..{len(qs) - 1}, or give the question's text")
+    return qs.items[k].instruction
+
+
+def inversion_prompts(handle: ModelHandle, recs: Sequence[dict[str, Any]], q_text: str) -> list[PromptPositions]:
+    """Each record's instruction as the user turn "User wants to <instruction>\\n<question>", its context span
+    marked (the tokens the harmfulness direction steers)."""
+    prompts = []
+    for r in recs:
+        msg, inst, span = inversion_message(r["instruction"], q_text)
+        prompts.append(locate(handle.tokenizer, inst, user_message=msg, context=span))
+    return prompts
+
+
 def reply_inversion(
     ctx: RunContext,
     *,
@@ -178,16 +209,7 @@ def reply_inversion(
     question: int | str,
     directions: str,
 ) -> tuple[Rows, list[str]]:
-    qs = ctx.data.inversion_questions
-    if isinstance(question, str) and not question.isdigit():
-        q_text = question
-    else:
-        if qs is None or not len(qs):
-            raise ValueError("no inversion questions")
-        k = int(question)
-        if not 0 <= k < len(qs):
-            raise ValueError(f"question={k} is out of range: 0..{len(qs) - 1}, or give the question's text")
-        q_text = qs.items[k].instruction
+    q_text = inversion_question(ctx, question)
     if directions not in ("main", "all"):
         raise ValueError("directions must be 'main' or 'all'")
     lay = parse_layers(layers, ctx.handle.n_layers)
@@ -206,10 +228,7 @@ def reply_inversion(
         plan["harmful"].append(("refusal", coeff, "prompt"))
     blocks: list[GridBlock] = []
     for which, recs in sets.items():
-        prompts = []
-        for r in recs:
-            msg, inst, span = inversion_message(r["instruction"], q_text)
-            prompts.append(locate(ctx.handle.tokenizer, inst, user_message=msg, context=span))
+        prompts = inversion_prompts(ctx.handle, recs, q_text)
         if not prompts:
             continue
         # one block per (set, direction): each direction has its own sign; the set's baseline comes with the first

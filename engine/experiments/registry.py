@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .ablation import directional_ablation
 from .behaviour import latent_guard, refusal_template
 from .beliefs import belief_curves, belief_scatter, jailbreak_plane
 from .categories import category_directions
@@ -168,6 +169,26 @@ _TABLE: tuple[ExperimentInfo, ...] = (
             baseline=True,
             y_domain=_RATE,
         ),
+    ),
+    ExperimentInfo(
+        name="ablation",
+        title="Directional ablation: refusal vs harmfulness direction",
+        figure="Arditi et al. 2024",
+        paper="Arditi et al.: ablating the refusal direction at every layer and position drops refusal on harmful "
+        "prompts to near 0 (7B+ chat models). This paper's reading: that removes the refusal, not the harm "
+        "judgement (the reply-inversion 'Certainly' stays), while ablating the harmfulness direction moves the "
+        "judgement.",
+        impl=directional_ablation,
+        options={
+            "row": None,
+            "positions": "all",
+            "max_new_tokens": 32,
+            "inversion_tokens": 12,
+            "batch_size": 64,
+            "n_prompts": 32,
+            "question": 0,
+        },
+        chart=ChartSpec("bars", x="ablated", y="rate", y_title="rate (harmful test)", color="task", y_domain=_RATE),
     ),
     ExperimentInfo(
         name="latent-guard",

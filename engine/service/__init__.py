@@ -41,12 +41,15 @@ from .core import (
 )
 from .directions import (
     ControlVectorDownload,
+    CosineInterval,
     DirectionBundle,
     bundle_bytes,
     bundle_key,
     control_vector_download,
     control_vector_rows,
     cosine_across_layers,
+    cosine_interval_frame,
+    cosine_interval_on_demand,
     cosine_matrix,
     normalize_like,
     normalizes_instructions,
@@ -55,6 +58,7 @@ from .directions import (
     read_bundle_upload,
     recompute_directions,
     steerable_directions,
+    stored_cosine_interval,
 )
 from .experiments import ChartSpec, StoredResults, experiment_infos, run_one, stored_results
 from .guard import (
@@ -98,14 +102,20 @@ from .models import (
 )
 from .report import csv_bytes, report_json, report_markdown, to_jsonable
 from .steer import (
+    COLUMNS,
     MAX_SWEEP_ROWS,
     SteerSettings,
     default_sweep_layers,
+    kl_frame,
+    kl_note,
     steer_side_by_side,
     steer_sweep,
     sweep_cell,
     sweep_cell_label,
     sweep_table,
+    text_rows,
+    topk_frame,
+    trace_frame,
 )
 from .uploads import (
     MAX_INSTRUCTIONS,
@@ -119,6 +129,7 @@ __all__ = [
     "BELIEF_SERIES",
     "CLUSTER_KEYS",
     "CLUSTER_LABELS",
+    "COLUMNS",
     "MAX_INSTRUCTIONS",
     "MAX_SWEEP_ROWS",
     "MODEL_ENV",
@@ -127,6 +138,7 @@ __all__ = [
     "YOUR_PROMPTS",
     "ChartSpec",
     "ControlVectorDownload",
+    "CosineInterval",
     "DirectionBundle",
     "Inspection",
     "ModelError",
@@ -148,6 +160,8 @@ __all__ = [
     "control_vector_download",
     "control_vector_rows",
     "cosine_across_layers",
+    "cosine_interval_frame",
+    "cosine_interval_on_demand",
     "cosine_matrix",
     "csv_bytes",
     "default_layer",
@@ -160,6 +174,8 @@ __all__ = [
     "guard_frame",
     "inspect_instruction",
     "install_state",
+    "kl_frame",
+    "kl_note",
     "load_directions",
     "load_handle",
     "load_model",
@@ -188,11 +204,15 @@ __all__ = [
     "steer_side_by_side",
     "steer_sweep",
     "steerable_directions",
+    "stored_cosine_interval",
     "stored_results",
     "sweep_cell",
     "sweep_cell_label",
     "sweep_table",
+    "text_rows",
     "to_jsonable",
     "token_frame",
     "token_projection_frame",
+    "topk_frame",
+    "trace_frame",
 ]

@@ -9,6 +9,11 @@ Contract:
   ``cosine_across_layers`` (layer, cosine). Layers are captured rows 0..L (``engine.capture.LAYER_CONVENTION``).
 - ``bundle_bytes`` / ``read_bundle_upload`` round-trip a bundle as safetensors; an upload that is not a
   ``.safetensors`` file, is malformed or does not fit the model raises ``StorageError`` saying so.
+- ``stored_cosine_interval(bundle)``: cos(harmfulness, refusal) per layer with its bootstrap 95% interval as stored
+  at precompute time (None for bundles made before it was stored); ``cosine_interval_on_demand(bundle, records,
+  acts)`` recomputes it from labelled prompts and their states (the Clusters page's reference capture of the
+  built-in train prompts) and refuses (``ValueError``) when those prompts do not reproduce the bundle's own cosines
+  (an uploaded or recomputed bundle); ``cosine_interval_frame`` is its long-format frame (layer, cosine, low, high).
 - ``recompute_directions(handle, harmful, harmless)`` runs ``engine.precompute.precompute`` on user prompt sets
   (``ValueError`` when a side is empty).
 - ``control_vector_download(bundle, handle, name, coeff, rows)`` is one direction as a llama.cpp GGUF control
@@ -32,21 +37,24 @@ import pandas as pd
 from .. import datasets as ds
 from .._version import __version__
 from ..controlvector import control_vector_bytes, exportable_rows, llamacpp_command, llamacpp_layer, model_hint_for
-from ..directions import DirectionBundle, cosine
+from ..directions import CosineInterval, DirectionBundle, cosine, layer_cosines
 from ..guard import normalize_like as guard_normalize_like
 from ..models import ModelHandle
-from ..precompute import PrecomputeResult, precompute
+from ..precompute import PrecomputeResult, cosine_interval, precompute
 from ..progress import Progress
 from ..storage import StorageError, bundle_from_bytes, bundle_to_bytes, check_compatible
 
 __all__ = [
     "ControlVectorDownload",
+    "CosineInterval",
     "DirectionBundle",
     "bundle_bytes",
     "bundle_key",
     "control_vector_download",
     "control_vector_rows",
     "cosine_across_layers",
+    "cosine_interval_frame",
+    "cosine_interval_on_demand",
     "cosine_matrix",
     "normalize_like",
     "normalizes_instructions",
@@ -55,6 +63,7 @@ __all__ = [
     "read_bundle_upload",
     "recompute_directions",
     "steerable_directions",
+    "stored_cosine_interval",
 ]
 
 
@@ -123,6 +132,38 @@ def cosine_across_layers(bundle: DirectionBundle, a: str, b: str) -> pd.DataFram
     va, vb = bundle.get(a).vectors, bundle.get(b).vectors
     c = cosine(va, vb)
     return pd.DataFrame({"layer": np.arange(len(c)), "cosine": c.astype(float)})
+
+
+def stored_cosine_interval(bundle: DirectionBundle) -> CosineInterval | None:
+    """The bootstrap interval of cos(harmfulness, refusal) stored with the bundle at precompute time, if any."""
+    d = (bundle.provenance.get("summary") or {}).get("cosine_ci")
+    return CosineInterval.from_dict(d) if d else None
+
+
+def cosine_interval_on_demand(
+    bundle: DirectionBundle, records: Sequence[dict], acts: np.ndarray, *, n_boot: int = 1000, seed: int = 0
+) -> CosineInterval:
+    """The interval recomputed from labelled prompts (``harmful``, ``refused``) and their states ``acts``
+    (n, 2, L+1, d); ``ValueError`` unless those prompts reproduce the bundle's own per-layer cosines."""
+    if "harmfulness" not in bundle.directions or "refusal" not in bundle.directions:
+        raise ValueError("this bundle lacks a harmfulness or a refusal direction")
+    pool = str(bundle.provenance.get("refusal_pool", "default"))
+    ci = cosine_interval(list(records), acts, refusal_pool=pool, n_boot=n_boot, seed=seed)
+    own = layer_cosines(bundle.harmfulness, bundle.refusal)
+    if not ci.agrees_with(own):
+        raise ValueError(
+            "the built-in train prompts do not reproduce these directions' cosines (max difference "
+            f"{float(np.abs(own - ci.point).max()):.3f}): they were uploaded or recomputed from other prompts, so "
+            "their interval needs those prompts; recompute them here (the interval is stored with the result)"
+        )
+    return ci
+
+
+def cosine_interval_frame(ci: CosineInterval) -> pd.DataFrame:
+    """layer, cosine, low, high: the point estimate and the bootstrap interval per layer."""
+    return pd.DataFrame({"layer": np.arange(len(ci.point)), "cosine": ci.point, "low": ci.low, "high": ci.high}).astype(
+        {"cosine": float, "low": float, "high": float}
+    )
 
 
 def provenance_json(bundle: DirectionBundle) -> str:

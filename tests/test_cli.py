@@ -607,7 +607,7 @@ def test_argparse_errors_are_one_line(cli, argv, needle):
         (("generate", *TINY, "--coeff", "inf", "hi"), "finite"),
         (("generate", *TINY, "--direction", "no-such-direction", "hi"), "no direction named"),
         (("generate", *TINY, "--max-new-tokens", "0", "hi"), "max_new_tokens"),
-        (("generate", *TINY), "give the instruction(s)"),
+        (("generate", *TINY), "give them as arguments"),
         (("generate", *TINY, "--op", "ablate", "--direction", "refusal", "--direction-row", "0", "hi"), "zero vector"),
         (("generate", *TINY, "--trace", "99", "hi"), "out of range"),
         (("generate", *TINY, "--topk", "-1", "hi"), "top-k"),

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from .models import ModelHandle
+from .models.core import check_seed
 
 __all__ = [
     "MAX_NEW_TOKENS_LIMIT",
@@ -29,6 +30,7 @@ __all__ = [
     "cache_kw",
     "eos_ids",
     "kl_divergence",
+    "last_position",
     "next_tokens",
     "past_length",
     "top_k",
@@ -56,6 +58,22 @@ class GenerationConfig:
             raise ValueError("sampling needs temperature > 0 and 0 < top_p <= 1")
         if self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        check_seed(self.seed)
+
+
+def last_position(n_tokens: int, dtype: torch.dtype, device: torch.device | str = "cpu") -> int | torch.Tensor:
+    """The ``logits_to_keep`` argument that keeps only the last position of a ``n_tokens``-long forward.
+
+    float32: the int 1 (transformers' own path). Reduced precision: an index tensor. transformers slices the hidden
+    states to a (B, 1, d) view with the prompt's strides, which torch's matmul cannot fold into one matrix product:
+    the bfloat16 LM-head product then runs as a batched product over a copy of the whole weight for every row
+    (measured on the project's CPU: 15.1 s for a 2-row prefill, against 1.5 s with the index, identical logits). An
+    index gathers a fresh contiguous tensor and keeps the plain product. float32 keeps the int so its logits stay
+    bit-identical to transformers' ``generate``.
+    """
+    if dtype == torch.float32:
+        return 1
+    return torch.tensor([n_tokens - 1], device=device)
 
 
 def past_length(kwargs: dict, layer_idx: int) -> int | None:

@@ -749,3 +749,45 @@ def test_trace_hooks_are_removed_on_error(tiny, vecs, hook_counts):
     with pytest.raises(RuntimeError, match="boom"):
         generate_rows(tiny, INSTS, spec(vecs), CFG, trace=TraceSpec({"a": vecs}, (0, 3)), stop_fn=explode)
     assert hook_counts(tiny) == before
+
+
+# ------------------------------------------------------------------------------------------------ overflow and prefill
+def test_non_finite_logits_stop_the_row_as_an_error_not_a_refusal(tiny, no_hook_leak):
+    """A huge coefficient overflows the residual stream: the row stops with a FailedGeneration (refused None in the
+    grid, an error reason), the other rows of the batch are unaffected."""
+    from engine.refusal import FailedGeneration, GenerationFailedError, is_refusal
+    from engine.steering import GridBlock, grid
+
+    v = np.zeros((tiny.n_rows, tiny.hidden_size), dtype=np.float32)
+    v[1] = 1e30
+    spec = SteeringSpec(v, (1,), 1e30, "prompt")  # finite each, their product overflows float32
+    cfg = GenerationConfig(max_new_tokens=4)
+    base, bad = generate(tiny, ["cook pasta", "cook pasta"], [None, spec], cfg)
+    assert not isinstance(base, FailedGeneration) and base == generate(tiny, ["cook pasta"], None, cfg)[0]
+    assert isinstance(bad, FailedGeneration) and "NaN or inf" in bad.reason
+    with pytest.raises(GenerationFailedError):
+        is_refusal(bad)
+    recs = grid(tiny, GridBlock(["cook pasta"], {"huge": v}, [1], [1e30]), cfg)
+    failed = [r for r in recs if r["direction"] == "huge"]
+    assert failed[0]["refused"] is None and "NaN or inf" in failed[0]["error"]
+    assert recs[0]["direction"] == "none" and recs[0]["refused"] in (True, False) and recs[0]["error"] is None
+
+
+def test_prefill_keeps_the_last_position_without_the_strided_view():
+    import torch
+
+    from engine.decoding import last_position
+
+    assert last_position(7, torch.float32) == 1
+    idx = last_position(7, torch.bfloat16)
+    assert isinstance(idx, torch.Tensor) and idx.tolist() == [6]
+
+
+def test_bfloat16_generation_matches_its_own_uncached_path():
+    """In bfloat16 the prefill keeps the last position by index; the cached and uncached decoders agree."""
+    from engine.models import ModelSpec, load_model
+
+    h = load_model(ModelSpec("tiny-random", dtype="bfloat16"))
+    a = generate(h, ["write a poem about cats", "cook pasta"], None, GenerationConfig(max_new_tokens=6))
+    b = generate(h, ["write a poem about cats", "cook pasta"], None, GenerationConfig(max_new_tokens=6, use_cache=False))
+    assert a == b and all(a)

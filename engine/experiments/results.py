@@ -91,9 +91,11 @@ def num(x: Any, nd: int = 6) -> float | None:
     return None if not math.isfinite(x) else round(x, nd)
 
 
-def rate(flags: Sequence[bool]) -> float | None:
-    """The share of true flags (None for no flags)."""
-    return num(np.mean(flags)) if len(flags) else None
+def rate(flags: Sequence[bool | None]) -> float | None:
+    """The share of true flags (None for no flags). None flags (a generation the decoder stopped on an error, see
+    ``engine.refusal.FailedGeneration``) are left out of the denominator, never counted as refusals."""
+    known = [bool(f) for f in flags if f is not None]
+    return num(np.mean(known)) if known else None
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:

@@ -243,18 +243,24 @@ def steer_sweep(
 
 
 def sweep_table(records: Sequence[dict[str, Any]]) -> tuple[pd.DataFrame, float]:
-    """(refusal rate per (layer, coeff) cell: layer, coeff, refusal_rate, n; the baseline refusal rate)."""
+    """(refusal rate per (layer, coeff) cell: layer, coeff, refusal_rate, n, errors; the baseline refusal rate).
+
+    Rows the decoder stopped on an error (``refused`` None: non-finite logits) are left out of the rate and counted in
+    ``errors``: an overflow is not a refusal."""
     df = pd.DataFrame(list(records))
     if df.empty:
         raise ValueError("the sweep produced no generations")
+    df["failed"] = df["refused"].isna()
+    df["refused_f"] = df["refused"].map(lambda v: float(v) if v is not None and v == v else float("nan"))
     base = df[df["layer"].isna()]
-    base_rate = float(base["refused"].mean()) if len(base) else float("nan")
+    base_rate = float(base["refused_f"].mean()) if len(base) else float("nan")
     cells = df[df["layer"].notna()].copy()
     cells["layer"] = cells["layer"].astype(int)
     grid = cells.groupby(["layer", "coeff"], as_index=False).agg(
-        refusal_rate=("refused", "mean"), n=("refused", "size")
+        refusal_rate=("refused_f", "mean"), n=("refused_f", "size"), errors=("failed", "sum")
     )
     grid["refusal_rate"] = grid["refusal_rate"].astype(float)
+    grid["errors"] = grid["errors"].astype(int)
     grid["change"] = grid["refusal_rate"] - base_rate
     return grid, base_rate
 

@@ -28,11 +28,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..decoding import GenerationConfig, cache_kw, eos_ids, kl_divergence, next_tokens, top_k
+from ..decoding import GenerationConfig, cache_kw, eos_ids, kl_divergence, last_position, next_tokens, top_k
 from ..models import ModelHandle
 from ..positions import PromptPositions, locate, pad_batch, position_ids_for, prepare
 from ..progress import Progress, report
-from ..refusal import is_refusal
+from ..refusal import NONFINITE, FailedGeneration, refusal_label
 from .hooks import RowSelection, hooks
 from .spec import SteeringSpec, validate_specs
 from .traces import RowOutput, TraceSpec, trace_hooks
@@ -82,16 +82,21 @@ def _generate_batch(
             attention_mask=mask,
             position_ids=position_ids_for(mask),
             use_cache=cfg.use_cache,
-            logits_to_keep=1,
+            logits_to_keep=last_position(ids.shape[1], handle.dtype, ids.device),
         )
         cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
         next_pos = position_ids_for(mask)[:, -1] + 1
         for step in range(cfg.max_new_tokens):
             logits = out.logits[:, -1]
+            bad = ~torch.isfinite(logits).all(dim=-1)  # overflow (huge coefficients, fp16): stop the row, say why
+            if bool(bad.any()):
+                logits = torch.where(bad[:, None], torch.zeros_like(logits), logits)
             nxt = next_tokens(logits, cfg, gen)
-            is_eos = torch.isin(nxt, eos_t)
+            is_eos = torch.isin(nxt, eos_t) | bad
             finished = is_eos.clone()
             act = active.tolist()
+            for j in bad.nonzero().flatten().tolist():
+                outs[act[j]].failed = NONFINITE
             proj = cos = None
             if buf is not None:
                 proj, cos = buf.take()
@@ -151,13 +156,14 @@ def _generate_batch(
                     attention_mask=cur_mask,
                     position_ids=position_ids_for(cur_mask),
                     use_cache=False,
-                    logits_to_keep=1,
+                    logits_to_keep=last_position(full.shape[1], handle.dtype, full.device),
                 )
             next_pos = next_pos + 1
     for j in comparing:
         outs[j].compare_end = "max_new_tokens"
     for o in outs:
-        o.text = tok.decode(o.token_ids, skip_special_tokens=True)
+        text = tok.decode(o.token_ids, skip_special_tokens=True)
+        o.text = FailedGeneration(text, o.failed) if o.failed else text
     return outs
 
 
@@ -373,7 +379,9 @@ def _column_record(inst: str, cols: dict[str, RowOutput], trace: TraceSpec | Non
     rec: dict[str, Any] = {"instruction": inst}
     for name, o in cols.items():
         rec[name] = o.text
-        rec[f"{name}_refused"] = is_refusal(o.text)
+        rec[f"{name}_refused"] = refusal_label(o.text)  # None: the decoder stopped the row on an error
+        if o.failed:
+            rec[f"{name}_error"] = o.failed
     if trace is not None:
         rec["trace"] = {name: o.trace_frame_rows(trace) for name, o in cols.items()}
     if topk:

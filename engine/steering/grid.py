@@ -26,7 +26,7 @@ from ..decoding import GenerationConfig
 from ..models import ModelHandle
 from ..positions import PromptPositions, prepare
 from ..progress import Progress
-from ..refusal import is_refusal
+from ..refusal import FailedGeneration, refusal_label
 from . import generation as _generation
 from . import spec as _spec
 from .spec import ALL_LAYERS, OPERATIONS, POSITION_MODES, SteeringSpec
@@ -45,7 +45,8 @@ class GridRecord(TypedDict):
     ``operation``: ``add`` | ``ablate`` (None for a baseline row); ``coeff``: the coefficient (0.0 for a baseline
     row); ``positions``: the positions mode (None for a baseline row); ``index``: the prompt's index in its block;
     ``instruction``: the prompt's instruction; ``text``: the generated text; ``refused``: the paper's substring
-    rule on ``text`` (:func:`engine.refusal.is_refusal`).
+    rule on ``text`` (:func:`engine.refusal.is_refusal`), None when the decoder stopped the row on an error
+    (non-finite logits); ``error``: that reason, else None.
     """
 
     block: str
@@ -58,7 +59,8 @@ class GridRecord(TypedDict):
     index: int
     instruction: str
     text: str
-    refused: bool
+    refused: bool | None
+    error: str | None
 
 
 @dataclass(frozen=True)
@@ -190,7 +192,8 @@ def grid(
             index=k,
             instruction=inst,
             text=t,
-            refused=is_refusal(t),
+            refused=refusal_label(t),
+            error=t.reason if isinstance(t, FailedGeneration) else None,
         )
         for (label, name, layer, layers, op, coeff, mode, k, inst), t in zip(meta, texts, strict=True)
     ]

@@ -94,6 +94,7 @@ class RowOutput:
     compared_with: int | None = None
     diverged_at: int | None = None
     compare_end: str | None = None
+    failed: str | None = None  # why the decoder stopped this row on an error (then ``text`` is a FailedGeneration)
 
     def trace_frame_rows(self, trace: TraceSpec) -> list[dict[str, Any]]:
         """The trace in long format: one dict per (token, row, direction): step, token, row, direction,

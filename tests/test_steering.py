@@ -789,5 +789,7 @@ def test_bfloat16_generation_matches_its_own_uncached_path():
 
     h = load_model(ModelSpec("tiny-random", dtype="bfloat16"))
     a = generate(h, ["write a poem about cats", "cook pasta"], None, GenerationConfig(max_new_tokens=6))
-    b = generate(h, ["write a poem about cats", "cook pasta"], None, GenerationConfig(max_new_tokens=6, use_cache=False))
+    b = generate(
+        h, ["write a poem about cats", "cook pasta"], None, GenerationConfig(max_new_tokens=6, use_cache=False)
+    )
     assert a == b and all(a)

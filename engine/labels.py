@@ -280,13 +280,15 @@ def label_refusals(
             )
         _check_errors(labs, errors)
         return labs
-    settings = {
+    settings: dict[str, Any] = {
         "max_new_tokens": max_new_tokens,
         "greedy": True,
         "early_stop": early_stop,
         "post_inst": post_inst,
         "v": 1,
     }
+    if handle.dtype != torch.float32:  # labels of a reduced-precision model are its own (float32 keys unchanged)
+        settings["dtype"] = str(handle.dtype).replace("torch.", "")
     cache = cache or (LabelCache(handle) if use_cache else None)
     out: list[Label | None] = [None] * len(instructions)
     todo: list[int] = []

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from . import atomic
 from . import datasets as ds
@@ -306,7 +307,10 @@ def save_result(result: PrecomputeResult, out_dir: Path, name: str, *, dtype: st
 
 def _cached_bundle_path(handle: ModelHandle) -> Path:
     """Where a model's computed bundle is cached (keyed by its fingerprint)."""
-    safe = hashlib.sha256(json.dumps(handle.fingerprint(), sort_keys=True).encode()).hexdigest()[:16]
+    key = handle.fingerprint()
+    if handle.dtype != torch.float32:  # a reduced-precision model's own directions (float32 paths unchanged)
+        key = {**key, "dtype": str(handle.dtype)}
+    safe = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return cache_dir() / "directions" / f"{handle.spec.name.replace('/', '_')}-{safe}.safetensors"
 
 

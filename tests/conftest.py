@@ -129,3 +129,13 @@ def check_template_positions(handle, instruction: str, last: str) -> None:
             [{"role": "user", "content": instruction}], add_generation_prompt=True, tokenize=True, return_dict=False
         )
     )
+
+
+@pytest.fixture(autouse=True)
+def _auto_dtype_is_float32(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unit tests see ``dtype="auto"`` as float32 whatever the CPU (test_models checks the bfloat16 choice with mocked
+    CPU flags); integration tests keep the machine's real answer."""
+    if not request.node.get_closest_marker("integration"):
+        import engine.models.core as core
+
+        monkeypatch.setattr(core, "CPUINFO", Path("/nonexistent/cpuinfo"))

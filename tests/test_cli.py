@@ -689,3 +689,14 @@ def test_subprocess_json_and_error(cli_cache):
     assert ok_run.rc == 0, ok_run.err
     assert ok_run.json()["model"] == "tiny-random"
     bad_run.assert_error(2, "unrecognized arguments: --no-such-flag")
+
+
+def test_fidelity_commands_default_to_float32():
+    """precompute, directions and reproduce are the paper-fidelity runs: float32 unless asked; the rest use auto."""
+    from engine.cli import build_parser
+
+    p = build_parser()
+    for cmd in (["precompute"], ["directions"], ["reproduce", "all"]):
+        assert p.parse_args(cmd).dtype == "float32", cmd
+    for cmd in (["generate", "x"], ["guard", "x"], ["positions", "x"]):
+        assert p.parse_args(cmd).dtype == "auto", cmd

@@ -30,7 +30,7 @@ HARMLESS = "Write a haiku about autumn leaves."
 
 @pytest.fixture(scope="module")
 def default(real_cache):
-    return load_model("default")
+    return load_model("default", dtype="float32")
 
 
 def test_default_model_shape(default):
@@ -62,7 +62,7 @@ def test_second_load_uses_the_cache(default):
     target = default_cache_path()
     assert (target / "model.safetensors").is_file()
     assert (target / "steering-explorer.json").is_file()
-    other = load_model("default")
+    other = load_model("default", dtype="float32")
     try:
         assert other.source == "cache"
         assert other.fingerprint() == default.fingerprint()

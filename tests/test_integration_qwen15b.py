@@ -40,7 +40,7 @@ HARMLESS = "Write a haiku about autumn leaves."
 
 @pytest.fixture(scope="module")
 def qwen(real_cache):
-    handle = load_model("qwen-1.5b", device="cpu")
+    handle = load_model("qwen-1.5b", device="cpu", dtype="float32")
     yield handle
     del handle
     gc.collect()

@@ -159,8 +159,21 @@ def test_resolve_device_auto_and_cpu(monkeypatch):
         resolve_device("tpu-please")
 
 
-def test_resolve_dtype():
+def test_resolve_dtype(monkeypatch, tmp_path):
+    import engine.models.core as core
+
     cpu = torch.device("cpu")
+    with_bf16 = tmp_path / "cpuinfo-bf16"
+    with_bf16.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16 avx512_vnni\n")
+    with_amx = tmp_path / "cpuinfo-amx"
+    with_amx.write_text("flags\t\t: fpu avx512f amx_tile amx_bf16\n")
+    without = tmp_path / "cpuinfo-plain"
+    without.write_text("flags\t\t: fpu sse2 avx2 avx512f\n")
+    assert core.native_bf16_cpu(with_bf16) and core.native_bf16_cpu(with_amx)
+    assert not core.native_bf16_cpu(without) and not core.native_bf16_cpu(tmp_path / "missing")
+    monkeypatch.setattr(core, "CPUINFO", with_bf16)
+    assert resolve_dtype("auto", cpu) == torch.bfloat16  # auto picks bfloat16 where the CPU has it natively
+    monkeypatch.setattr(core, "CPUINFO", without)
     assert resolve_dtype("auto", cpu) == torch.float32
     assert resolve_dtype("bfloat16", cpu) == torch.bfloat16
     assert resolve_dtype("float16", cpu) == torch.float16

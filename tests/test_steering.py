@@ -793,3 +793,30 @@ def test_bfloat16_generation_matches_its_own_uncached_path():
         h, ["write a poem about cats", "cook pasta"], None, GenerationConfig(max_new_tokens=6, use_cache=False)
     )
     assert a == b and all(a)
+
+
+def test_float32_directions_steer_a_bfloat16_model():
+    """Shipped directions are float32; on a bfloat16 model the hook casts them: the block input becomes exactly
+    h + bf16(c * v) at the steered rows, and generation runs."""
+    import torch
+
+    from engine.capture import record
+    from engine.models import ModelSpec, load_model
+    from engine.steering import steer
+
+    h = load_model(ModelSpec("tiny-random", dtype="bfloat16"))
+    v = np.random.default_rng(0).normal(size=(h.n_rows, h.hidden_size)).astype(np.float32)
+    spec = SteeringSpec(v, (1,), 2.0, "prompt")
+    prompts = prepare(h, ["cook pasta"])
+    ids, mask, pads = pad_batch(h, prompts)
+    kw = {"input_ids": ids, "attention_mask": mask, "position_ids": position_ids_for(mask), "use_cache": False}
+    with torch.no_grad():
+        with record(h, [1]) as base:
+            h.model(**kw)
+        with steer(h, [spec], prompts, pads), record(h, [1]) as got:
+            h.model(**kw)
+    add = torch.as_tensor(2.0 * v[1]).to(torch.bfloat16)
+    assert got[1][0].dtype == torch.bfloat16
+    torch.testing.assert_close(got[1][0], base[1][0] + add, atol=0, rtol=0)
+    texts = generate(h, ["cook pasta"] * 2, [None, spec], GenerationConfig(max_new_tokens=4))
+    assert all(texts)

@@ -104,7 +104,10 @@ def number(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from exc
 
 
-def add_common(sp: argparse.ArgumentParser, model: bool = True) -> None:
+def add_common(sp: argparse.ArgumentParser, model: bool = True, *, fidelity: bool = False) -> None:
+    """``fidelity``: a command whose numbers are the paper's (precompute, directions, reproduce): ``--dtype``
+    defaults to float32 there; elsewhere ``auto`` (bfloat16 on CPUs with native bfloat16, see
+    ``engine.models.resolve_dtype``)."""
     sp.add_argument("--json", action="store_true", help="print only one JSON document on stdout")
     sp.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
     if model:
@@ -114,7 +117,14 @@ def add_common(sp: argparse.ArgumentParser, model: bool = True) -> None:
             help="default | qwen-1.5b | tiny-random | a local .gguf file | HF id | folder",
         )
         sp.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
-        sp.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+        sp.add_argument(
+            "--dtype",
+            default="float32" if fidelity else "auto",
+            choices=["auto", "float32", "bfloat16", "float16"],
+            help="float32 (default here: the paper-fidelity runs)"
+            if fidelity
+            else "auto (default: bfloat16 on CPUs with native bfloat16, else float32), float32, bfloat16, float16",
+        )
         sp.add_argument("--trust-remote-code", action="store_true")
         sp.add_argument(
             "--allow-other-model",

@@ -148,7 +148,7 @@ def cmd_precompute(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     sp = sub.add_parser("directions", help="compute (or show the precomputed) harmfulness and refusal directions")
-    add_common(sp)
+    add_common(sp, fidelity=True)
     sp.add_argument("--harmful", nargs="+", metavar="FILE")
     sp.add_argument("--harmless", nargs="+", metavar="FILE")
     sp.add_argument("--directions", metavar="FILE", help="show a saved directions file")
@@ -165,7 +165,7 @@ def register(sub: Any) -> None:
     sp.set_defaults(func=cmd_directions)
 
     sp = sub.add_parser("precompute", help="labels, clusters and every direction, with provenance")
-    add_common(sp)
+    add_common(sp, fidelity=True)
     sp.add_argument("--harmful", nargs="+", metavar="FILE")
     sp.add_argument("--harmless", nargs="+", metavar="FILE")
     sp.add_argument("--limit", type=int, default=None, help="seeded sample of at most N prompts per file")

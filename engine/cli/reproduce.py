@@ -95,7 +95,7 @@ def register(sub: Any) -> None:
         )
         + "\n  every experiment: labeller (--labeller), seed=0 (the seeded caps)",
     )
-    add_common(sp)
+    add_common(sp, fidelity=True)
     sp.add_argument("experiment", help=" | ".join([*EXPERIMENTS, "all", "a comma-separated list"]))
     sp.add_argument("--directions", metavar="FILE")
     sp.add_argument("--limit", type=int, default=None, help="cap prompts per set")

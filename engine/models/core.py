@@ -205,10 +205,35 @@ def check_seed(seed: object, what: str = "seed") -> int:
     return seed
 
 
+CPUINFO = Path("/proc/cpuinfo")
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def native_bf16_cpu(cpuinfo: Path | None = None) -> bool:
+    """True when the CPU computes bfloat16 natively: its ``flags`` (Linux ``/proc/cpuinfo``) list ``avx512_bf16``
+    (AVX512-BF16 dot products) or ``amx_bf16`` (AMX tiles). Elsewhere (no such file, other systems) False, so
+    ``auto`` stays float32 where bfloat16 would be emulated and slower."""
+    path = CPUINFO if cpuinfo is None else cpuinfo
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[-1].split())
+            return any(f in flags for f in NATIVE_BF16_FLAGS)
+    return False
+
+
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """``auto``: bfloat16 on a CUDA GPU that supports it (else float16), bfloat16 on a CPU with native bfloat16
+    (:func:`native_bf16_cpu`), float32 otherwise. The paper-fidelity commands (precompute, reproduce, directions)
+    ask for float32 explicitly."""
     if dtype == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if device.type == "cpu" and native_bf16_cpu():
+            return torch.bfloat16
         return torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
 

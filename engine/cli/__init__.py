@@ -15,7 +15,7 @@ import os
 import sys
 from typing import NoReturn
 
-from . import directions, generate, guard, info, reproduce
+from . import directions, generate, guard, guard_eval, info, reproduce
 
 __all__ = ["build_parser", "main"]
 
@@ -35,7 +35,7 @@ def _one_line(message: object) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m engine", description="steering-explorer: harmfulness vs refusal directions")
     sub = p.add_subparsers(dest="command", required=True)
-    for module in (info, directions, generate, guard, reproduce):
+    for module in (info, directions, generate, guard, guard_eval, reproduce):
         module.register(sub)
     return p
 

@@ -94,13 +94,15 @@ with st.expander("Thresholds (one per method)", expanded=True):
     for col, (m, g) in zip(cols, guards.items(), strict=False):
         lo, hi, step = svc.threshold_range(g)
         cal = g.thresholds.get("calibrated")
+        key = state.guard_threshold_key(m)
+        if key not in st.session_state:  # 0 by default; the buttons above write the calibrated values here
+            st.session_state[key] = 0.0
         col.slider(
             "Threshold on Δ harmful" if m == "centroid" else f"Threshold: {svc.method_label(m)}",
             lo,
             hi,
-            0.0,
-            step,
-            key=state.guard_threshold_key(m),
+            step=step,
+            key=key,
             help=(
                 "The paper uses 0 (closer to the harmful centroid than to the harmless one, on average over layers)."
                 if m == "centroid"

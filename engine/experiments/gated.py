@@ -53,7 +53,7 @@ def _select(
     ctx: RunContext, layers: list[int], coeffs: list[float], n_select: int, max_new_tokens: int, batch_size: int
 ) -> tuple[int, float, list[str]]:
     """The (layer, coeff) with the highest refusal rate on harmless train prompts (see the module docstring)."""
-    recs = ctx.records(ctx.data.harmless_train, "harmless", n_select, held_out=False)
+    recs = ctx.records(ctx.data.harmless_train, "harmless", ctx.cap(n_select), held_out=False)
     if not recs:
         raise ValueError("no harmless train prompts to choose the steering layer and coefficient on")
     block = GridBlock(

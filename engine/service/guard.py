@@ -89,11 +89,13 @@ def guard_frame(
     threshold: float = 0.0,
     progress: Progress | None = None,
     method: str = DEFAULT_METHOD,
+    normalize: bool | None = None,
 ) -> pd.DataFrame:
-    """instruction, score (``centroid``: Delta_harmful), verdict ('harmful' iff score >= threshold)."""
+    """instruction, score (``centroid``: Delta_harmful), verdict ('harmful' iff score >= threshold). Prompts are
+    normalised like the bundle's unless ``normalize is False`` (scored exactly as given)."""
     if not instructions:
         raise ValueError("type or upload at least one prompt")
-    scores = guard_scores(handle, bundle, list(instructions), progress=progress, method=method)
+    scores = guard_scores(handle, bundle, list(instructions), progress=progress, method=method, normalize=normalize)
     return pd.DataFrame(
         {
             "instruction": list(instructions),

@@ -313,7 +313,7 @@ def test_guard_methods_thresholds_and_roc_of_every_method(handle_and_bundle):
     handle, bundle = handle_and_bundle
     at = _open("pages/guard.py")
     assert at.selectbox(key="guard_method").value == "centroid"
-    assert list(at.selectbox(key="guard_method").options)[0].startswith("centroid")
+    assert next(iter(at.selectbox(key="guard_method").options)).startswith("centroid")
     keys = {s.key for s in at.slider}
     assert keys == {"guard_threshold", "guard_threshold_lda", "guard_threshold_probe", "guard_threshold_lda-band"}
     at.selectbox(key="guard_method").set_value("probe")

@@ -382,8 +382,7 @@ def test_gated_steering_contract(results, handle):
         for c in conds[2:]:
             g = by[(s, c)]
             assert g["n"] == base["n"]
-            if base["n"]:  # the gated outcome lies between no steering and steering every prompt, per prompt
-                lo, hi = sorted([base["refusal_rate"], full["refusal_rate"]])
+            if base["n"]:  # per prompt the gated outcome is the unsteered or the steered one
                 if g["flagged_rate"] == 0.0:
                     assert g["refusal_rate"] == base["refusal_rate"]
                 if g["flagged_rate"] == 1.0:

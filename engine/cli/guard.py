@@ -50,7 +50,8 @@ def register(sub: Any) -> None:
         "--method",
         choices=METHODS,
         default=DEFAULT_METHOD,
-        help="centroid = the paper's guard (default); lda / probe / lda-band = trained readers of the same states",
+        help="centroid = the paper's guard (default); probe = the trained reader with the best cross-validated "
+        "accuracy on the built-in train split; lda / lda-band = other trained readers of the same t_inst states",
     )
     sp.add_argument(
         "--threshold",

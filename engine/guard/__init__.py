@@ -24,6 +24,7 @@ from .gate import GATE_MODES, gate_specs, gated_generate, gated_side_by_side
 from .methods import (
     DEFAULT_METHOD,
     METHODS,
+    RECOMMENDED_METHOD,
     THRESHOLDS,
     GuardMethod,
     GuardResult,
@@ -34,16 +35,17 @@ from .methods import (
     t_inst_states,
 )
 from .metrics import auc, balanced_accuracy, calibrate_threshold, roc_curve
-from .readers import BEST_METHOD, READER_METHODS, LinearReader, centroid_cv, fit_reader, stratified_folds
+from .readers import BAND_METHOD, READER_METHODS, LinearReader, centroid_cv, fit_reader, stratified_folds
 from .store import PROVENANCE_KEY, fit_guard_readers, guard_readers, readers_from_bundle, with_readers
 
 __all__ = [
-    "BEST_METHOD",
+    "BAND_METHOD",
     "DEFAULT_METHOD",
     "GATE_MODES",
     "METHODS",
     "PROVENANCE_KEY",
     "READER_METHODS",
+    "RECOMMENDED_METHOD",
     "THRESHOLDS",
     "GuardMethod",
     "GuardResult",

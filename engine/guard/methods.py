@@ -1,9 +1,12 @@
 """Guard methods by name: scores, thresholds and verdicts for prompts, whichever reader makes them.
 
 Contract:
-- ``METHODS``: ``centroid`` (the paper's guard, :mod:`.centroid`, the default), ``lda`` and ``probe`` (trained
-  readers, :mod:`.readers`), plus ``BEST_METHOD`` (see :mod:`.readers` for why it exists). Every method scores the
-  t_inst hidden states of all L+1 rows; higher = more harmful; a prompt is flagged iff score >= threshold.
+- ``METHODS``: ``centroid`` (the paper's guard, :mod:`.centroid`, the default), ``lda``, ``probe`` and ``lda-band``
+  (trained readers, :mod:`.readers`). Every method scores the t_inst hidden states of all L+1 rows; higher = more
+  harmful; a prompt is flagged iff score >= threshold. ``RECOMMENDED_METHOD`` (``probe``) is the reader with the best
+  nested cross-validated balanced accuracy on the built-in train split (the only data any choice here may use):
+  centroid 0.80, lda 0.86, lda-band 0.85, probe 0.87 (AUC 0.87 / 0.93 / 0.93 / 0.94; outer 5-fold, each reader's
+  own CV inside). The default stays the paper's guard.
 - Thresholds: ``0`` (the paper's rule for ``centroid``; equal priors / p = 0.5 for the readers) and ``"calibrated"``
   (the threshold with the highest balanced accuracy on out-of-fold scores of the training prompts, see
   :func:`.readers.fit_reader`; for ``centroid`` the same calibration of its out-of-fold Delta_harmful). A finite
@@ -32,11 +35,12 @@ from ..directions import DirectionBundle, DirectionSet
 from ..models import ModelHandle
 from ..progress import Progress
 from .centroid import centroid_scores, check_centroids, guard_direction, normalize_like
-from .readers import BEST_METHOD, READER_METHODS
+from .readers import BAND_METHOD, READER_METHODS
 
 __all__ = [
     "DEFAULT_METHOD",
     "METHODS",
+    "RECOMMENDED_METHOD",
     "THRESHOLDS",
     "GuardMethod",
     "GuardResult",
@@ -49,7 +53,8 @@ __all__ = [
 ]
 
 DEFAULT_METHOD = "centroid"
-METHODS: tuple[str, ...] = ("centroid", *READER_METHODS, BEST_METHOD)
+RECOMMENDED_METHOD = "probe"
+METHODS: tuple[str, ...] = ("centroid", *READER_METHODS, BAND_METHOD)
 THRESHOLDS = ("0", "calibrated")
 
 

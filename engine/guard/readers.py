@@ -9,9 +9,11 @@ Contract:
     * ``"lda"``: shrinkage LDA (Mahalanobis prototypes with a shared covariance shrunk towards a scaled identity) on
       one row or the concatenation of the ``top_k`` best rows;
     * ``"probe"``: L2 logistic regression (class-balanced) on standardised features, same row choice;
-    * ``"lda-band"`` (:data:`BEST_METHOD`): one shrinkage LDA per row, each score divided by its within-class
+    * ``"lda-band"`` (:data:`BAND_METHOD`): one shrinkage LDA per row, each score divided by its within-class
       standard deviation (a per-row Mahalanobis margin), averaged over a band of rows; the band, the shrinkage and
-      the features (raw or unit-norm rows) are chosen by CV.
+      the features (raw or unit-norm rows: the centroid rule is scale-free, hidden-state norms vary with the last
+      token) are chosen by CV. It tests averaging over layers instead of picking 1-3 rows; its choice is stable
+      across folds (the upper third, unit-norm rows) but it is not better than ``probe`` under nested CV.
   Every reader is a :class:`LinearReader`: ``score(acts) = sum_l weights[l] . f(h_l) + bias`` with ``f`` the
   identity (``features="raw"``) or the unit-norm map (``"unit"``); harmful iff score >= threshold.
 - Choice by CV: the candidate with the highest pooled out-of-fold AUC (ties: fewer rows, then lower row).
@@ -39,7 +41,7 @@ from .metrics import auc, balanced_accuracy, calibrate_threshold
 
 __all__ = [
     "BANDS",
-    "BEST_METHOD",
+    "BAND_METHOD",
     "READER_METHODS",
     "LinearReader",
     "auc",
@@ -51,8 +53,8 @@ __all__ = [
 ]
 
 READER_METHODS = ("lda", "probe")
-BEST_METHOD = "lda-band"
-ALL_READERS = (*READER_METHODS, BEST_METHOD)
+BAND_METHOD = "lda-band"
+ALL_READERS = (*READER_METHODS, BAND_METHOD)
 LDA_SHRINKAGES = (0.05, 0.2, 0.5, 0.8)
 BAND_SHRINKAGES = (0.2, 0.5, 0.8, 0.95)
 PROBE_L2 = (1e-3, 1e-2, 1e-1, 1.0)
@@ -298,7 +300,7 @@ def _candidates(
 ) -> list[tuple[float, _Candidate, np.ndarray]]:
     """Every candidate with its pooled out-of-fold AUC and scores."""
     results: list[tuple[float, _Candidate, np.ndarray]] = []
-    if method == BEST_METHOD:
+    if method == BAND_METHOD:
         n_rows = acts.shape[1]
         bands = {k: tuple(r for r in band_rows(k, n_rows) if r in cand_rows) for k in BANDS}
         bands = {k: v for k, v in bands.items() if v}
@@ -352,7 +354,7 @@ def fit_reader(
     cand_rows = list(range(1, n_rows)) if layers is None else [int(r) for r in layers]
     if not cand_rows or min(cand_rows) < 0 or max(cand_rows) >= n_rows:
         raise ValueError(f"layers must be within 0..{n_rows - 1}")
-    default_grid = {"lda": LDA_SHRINKAGES, "probe": PROBE_L2, BEST_METHOD: BAND_SHRINKAGES}[method]
+    default_grid = {"lda": LDA_SHRINKAGES, "probe": PROBE_L2, BAND_METHOD: BAND_SHRINKAGES}[method]
     grid = tuple(hypers) if hypers is not None else default_grid
     fold_idx = stratified_folds(y, folds, seed)
     results = _candidates(method, a, y, cand_rows, grid, fold_idx, top_k)
@@ -365,7 +367,7 @@ def fit_reader(
     thr = calibrate_threshold(oof, y)
     hyper_name = "l2" if method == "probe" else "shrinkage"
     hyper: dict[str, Any] = {hyper_name: best.hyper, "folds": folds, "seed": seed, "grid": list(grid)}
-    if method == BEST_METHOD:
+    if method == BAND_METHOD:
         hyper["band"] = best.band
         hyper["bands"] = {k: list(band_rows(k, n_rows)) for k in BANDS}
     cv: dict[str, Any] = {
@@ -377,7 +379,7 @@ def fit_reader(
         "n_candidates": len(results),
         "oof_range": [round(float(np.quantile(oof, 0.01)), 5), round(float(np.quantile(oof, 0.99)), 5)],
     }
-    if method == BEST_METHOD:
+    if method == BAND_METHOD:
         cv["auc_per_candidate"] = {
             f"{c.band}/{c.features}/{c.hyper:g}": round(s, 5) for s, c, _ in results if c.features == best.features
         }

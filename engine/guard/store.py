@@ -2,7 +2,7 @@
 
 Contract:
 - ``fit_guard_readers(acts, harmful, data=...)`` fits every reader of :data:`.readers.READER_METHODS` plus
-  :data:`.readers.BEST_METHOD` on t_inst states of training prompts (each with its own cross-validated choices, see
+  :data:`.readers.BAND_METHOD` on t_inst states of training prompts (each with its own cross-validated choices, see
   :func:`.readers.fit_reader`), and the paper's centroid rule under the same CV (its calibrated threshold). Returns
   a record ``{"readers": {method: LinearReader}, "summary": {...}}``; the summary (``PROVENANCE_KEY`` in a bundle's
   provenance) holds per method the layers, hyperparameters, CV figures and the calibrated threshold, plus ``data``
@@ -32,7 +32,7 @@ from ..directions import DirectionBundle
 from ..models import ModelHandle, cache_dir
 from ..progress import Progress, staged
 from .centroid import guard_direction, normalize_like
-from .readers import BEST_METHOD, READER_METHODS, LinearReader, centroid_cv, fit_reader
+from .readers import BAND_METHOD, READER_METHODS, LinearReader, centroid_cv, fit_reader
 
 __all__ = [
     "PROVENANCE_KEY",
@@ -47,7 +47,7 @@ __all__ = [
 READER_PREFIX = "guard:"
 PROVENANCE_KEY = "guard_readers"
 READERS_VERSION = 1
-FITTED_METHODS: tuple[str, ...] = (*READER_METHODS, BEST_METHOD)
+FITTED_METHODS: tuple[str, ...] = (*READER_METHODS, BAND_METHOD)
 
 _MEMO: dict[str, dict[str, Any]] = {}
 _LOCK = threading.Lock()

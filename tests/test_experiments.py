@@ -371,7 +371,7 @@ def test_gated_steering_contract(results, handle):
         {"refusal_rate": float, "flagged_rate": float, "n": int, "layer": int, "coeff": float},
     )
     sets = ["accepted_harmful", "template_jailbreaks", "harmless_test", "xstest_like_test"]
-    conds = ["none", "+refusal", "gated:centroid", "gated:lda-band"]
+    conds = ["none", "+refusal", "gated:centroid", "gated:probe"]
     assert [(r["set"], r["condition"]) for r in res.rows] == [(s, c) for s in sets for c in conds]
     assert len({(r["layer"], r["coeff"]) for r in res.rows}) == 1  # one (layer, coeff), chosen on the train split
     assert res.rows[0]["layer"] in (0, 1) and res.rows[0]["coeff"] == 4.0

@@ -192,7 +192,7 @@ _TABLE: tuple[ExperimentInfo, ...] = (
         "refusal gain on harmful prompts the model answers while adding little over-refusal on harmless ones.",
         impl=gated_steering,
         options={
-            "methods": "centroid,lda-band",
+            "methods": "centroid,probe",
             "threshold": 0.0,
             "layer": None,
             "coeff": None,

@@ -7,9 +7,11 @@ Contract:
   pooled, so no prompt counts twice).
 - ``labelled_sources(harmful=[paths], harmless=[paths])`` reads files through the project's loaders (any format
   they read); a folder is one source made of every prompt file in it (e.g. CatQA's one file per category), with
-  ``limit`` prompts per file (a seeded sample). ``template_sources`` fills jailbreak templates with harmful prompts
-  and asks the model (greedy, the substring refusal rule, cached labels) which of them it answers: a source of all
-  filled prompts (not pooled) and one of the successful jailbreaks (pooled), with the ids that succeeded.
+  ``limit`` prompts per file (a seeded sample). ``template_sources`` fills ``n_templates`` jailbreak templates
+  (seeded sample, ``seed``) with ``n_prompts`` harmful prompts (``seed + 1``), normalised as the guard normalises
+  every prompt, and asks the model (greedy, the substring refusal rule, cached labels) which of them it answers: a
+  source of all filled prompts (not pooled) and one of the successful jailbreaks (pooled), with the ids that
+  succeeded.
 - ``evaluate_scores(sources, scores, thresholds)`` (pure): per source ``n``, the accuracy of each method at each of
   its thresholds (harmful sources: share flagged; harmless: share not flagged), the mean score and the source's
   ROC AUC against every pooled prompt of the other class; overall (pooled sources): ROC AUC, balanced accuracy,
@@ -106,6 +108,12 @@ def labelled_sources(
     return out
 
 
+def _normalized(text: str) -> str:
+    from .. import datasets as ds
+
+    return ds.normalize_instruction(text) or text
+
+
 def template_sources(
     handle: ModelHandle,
     templates: str | Path,
@@ -123,13 +131,14 @@ def template_sources(
     from ..positions import MAX_INSTRUCTION_CHARS
 
     tpl = ds.load_templates(templates).sample(n_templates, seed)
-    base = ds.load_file(harmful).sample(n_prompts, seed)
+    base = ds.load_file(harmful).sample(n_prompts, seed + 1)  # an independent draw from the templates'
     insts: list[str] = []
     ids: list[str] = []
     too_long = 0
     for t in tpl.items:
         for h in base.items:
-            filled = ds.fill_template(t.instruction, h.instruction)
+            # normalised as the guard sees every prompt (trailing punctuation stripped), and labelled as such
+            filled = _normalized(ds.fill_template(t.instruction, _normalized(h.instruction)))
             if len(filled) > MAX_INSTRUCTION_CHARS:
                 too_long += 1
                 continue

@@ -3,7 +3,8 @@
 Prints per source: n, each method's accuracy at threshold 0 and at its calibrated threshold, and the source's ROC
 AUC against every pooled prompt of the other class; overall: ROC AUC and balanced accuracy at each threshold
 (``engine.guard.evaluate``). ``--templates CSV --template-harmful FILE`` adds filled jailbreak templates (the
-successful ones pooled). The prompts are captured once; the readers come from the directions bundle or are fitted
+successful ones pooled; ``--template-harmless`` adds the same templates filled with harmless prompts, the
+form-matched control). The prompts are captured once; the readers come from the directions bundle or are fitted
 once on the built-in train split (``engine.guard.store``)."""
 
 from __future__ import annotations
@@ -70,12 +71,18 @@ def format_table(result: dict[str, Any]) -> str:
 def cmd_guard_eval(args: argparse.Namespace) -> int:
     from ..guard import METHODS, evaluate_sources, labelled_sources, template_sources
 
-    if bool(args.templates) != bool(args.template_harmful):
-        raise ValueError("--templates and --template-harmful go together (templates are filled with those prompts)")
+    if bool(args.templates) != bool(args.template_harmful or args.template_harmless):
+        raise ValueError(
+            "--templates goes with --template-harmful and/or --template-harmless (the prompts to fill them with)"
+        )
     methods = args.method or list(METHODS)
-    sources = labelled_sources(
-        args.harmful or [], args.harmless or [], limit=args.limit, seed=args.seed, column=args.column
+    sources = (
+        labelled_sources(args.harmful or [], args.harmless or [], limit=args.limit, seed=args.seed, column=args.column)
+        if args.harmful or args.harmless
+        else []
     )
+    if not sources and not args.templates:
+        raise ValueError("give at least one labelled file (--harmful FILE ... and/or --harmless FILE ...)")
     prog = Progress(args.quiet)
     handle = load(args)
     bundle = directions_for(args, handle, prog)
@@ -84,6 +91,7 @@ def cmd_guard_eval(args: argparse.Namespace) -> int:
             handle,
             args.templates,
             args.template_harmful,
+            harmless=args.template_harmless,
             n_templates=args.n_templates,
             n_prompts=args.template_prompts,
             seed=args.seed,
@@ -110,6 +118,11 @@ def register(sub: Any) -> None:
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--templates", metavar="FILE", help="jailbreak templates (GPTFuzzer CSV or JSONL) to fill")
     sp.add_argument("--template-harmful", metavar="FILE", help="harmful prompts to fill the templates with")
+    sp.add_argument(
+        "--template-harmless",
+        metavar="FILE",
+        help="harmless prompts to fill the same templates with: the form-matched control (truth harmless)",
+    )
     sp.add_argument("--n-templates", type=int, default=10)
     sp.add_argument("--template-prompts", type=int, default=10, help="harmful prompts per template")
     sp.add_argument("--method", action="append", choices=METHODS, help="method(s) to evaluate (default: all)")

@@ -117,27 +117,62 @@ def _normalized(text: str) -> str:
 def template_sources(
     handle: ModelHandle,
     templates: str | Path,
-    harmful: str | Path,
+    harmful: str | Path | None = None,
     *,
+    harmless: str | Path | None = None,
     n_templates: int = 10,
     n_prompts: int = 10,
     seed: int = 0,
     progress: Progress | None = None,
 ) -> list[LabelledSource]:
     """Templates x harmful prompts, labelled by the model's own reply: ``templates:all`` (not pooled) and
-    ``templates:successful`` (the filled prompts the model did not refuse: jailbreaks that worked)."""
+    ``templates:successful`` (the filled prompts the model did not refuse: jailbreaks that worked); with
+    ``harmless``, the same templates filled with harmless prompts (``seed + 2``): ``templates:harmless``, the
+    form-matched control (truth harmless whatever the model does; not pooled)."""
     from .. import datasets as ds
-    from ..labels import label_refusals
+
+    if harmful is None and harmless is None:
+        raise ValueError("give the prompts to fill the templates with (harmful and/or harmless)")
+    tpl = ds.load_templates(templates).sample(n_templates, seed)
+    out: list[LabelledSource] = []
+    if harmful is not None:
+        base = ds.load_file(harmful).sample(n_prompts, seed + 1)  # an independent draw from the templates'
+        ids, insts, too_long = _fill(tpl, base)
+        labels = _label(handle, insts, progress)
+        ok = [not lab for lab in labels]
+        prov = {
+            "templates": tpl.provenance(),
+            "harmful": base.provenance(),
+            "n_templates": len(tpl),
+            "n_prompts": len(base),
+            "skipped_too_long": too_long,
+            "successful_ids": [i for i, s in zip(ids, ok, strict=True) if s],
+            "rule": "successful = the model's greedy reply to the filled prompt is not a refusal (substring rule)",
+        }
+        succ = [(i, t) for i, t, s in zip(ids, insts, ok, strict=True) if s]
+        out += [
+            LabelledSource("templates:all", True, insts, ids, prov, pooled=False),
+            LabelledSource("templates:successful", True, [t for _, t in succ], [i for i, _ in succ], prov),
+        ]
+    if harmless is not None:
+        base = ds.load_file(harmless).sample(n_prompts, seed + 2)
+        ids, insts, too_long = _fill(tpl, base)
+        prov = {"templates": tpl.provenance(), "harmless": base.provenance(), "skipped_too_long": too_long}
+        out.append(LabelledSource("templates:harmless", False, insts, ids, prov, pooled=False))
+    return out
+
+
+def _fill(tpl: Any, base: Any) -> tuple[list[str], list[str], int]:
+    """(ids, filled prompts, how many were too long): every template x every prompt, normalised as the guard sees
+    every prompt (trailing punctuation stripped)."""
+    from .. import datasets as ds
     from ..positions import MAX_INSTRUCTION_CHARS
 
-    tpl = ds.load_templates(templates).sample(n_templates, seed)
-    base = ds.load_file(harmful).sample(n_prompts, seed + 1)  # an independent draw from the templates'
-    insts: list[str] = []
     ids: list[str] = []
+    insts: list[str] = []
     too_long = 0
     for t in tpl.items:
         for h in base.items:
-            # normalised as the guard sees every prompt (trailing punctuation stripped), and labelled as such
             filled = _normalized(ds.fill_template(t.instruction, _normalized(h.instruction)))
             if len(filled) > MAX_INSTRUCTION_CHARS:
                 too_long += 1
@@ -146,21 +181,15 @@ def template_sources(
             ids.append(f"{t.id}|{h.id}")
     if not insts:
         raise ValueError("no filled template fits the model's prompt limit")
-    labels = label_refusals(handle, insts, progress=staged(progress, "labelling filled templates"))
-    ok = [not lab.refused for lab in labels]
-    prov = {
-        "templates": tpl.provenance(),
-        "harmful": base.provenance(),
-        "n_templates": len(tpl),
-        "n_prompts": len(base),
-        "skipped_too_long": too_long,
-        "successful_ids": [i for i, s in zip(ids, ok, strict=True) if s],
-        "rule": "successful = the model's greedy reply to the filled prompt is not a refusal (substring rule)",
-    }
-    succ = [(i, t) for i, t, s in zip(ids, insts, ok, strict=True) if s]
+    return ids, insts, too_long
+
+
+def _label(handle: ModelHandle, insts: list[str], progress: Progress | None) -> list[bool]:
+    """Refused flags of the model's greedy replies (substring rule, cached labels)."""
+    from ..labels import label_refusals
+
     return [
-        LabelledSource("templates:all", True, insts, ids, prov, pooled=False),
-        LabelledSource("templates:successful", True, [t for _, t in succ], [i for i, _ in succ], prov),
+        lab.refused for lab in label_refusals(handle, insts, progress=staged(progress, "labelling filled templates"))
     ]
 
 

@@ -91,5 +91,12 @@ def test_evaluate_sources_on_tiny(tiny):
     assert res["thresholds"] == {"centroid": {"0": 0.0}}  # no readers' record: no calibrated threshold
     assert [r["id"] for r in res["rows"]] == ["h1", "h2", "l1", "l2", "l3"]
     assert res["capture"]["prompts"] == 5
+    dup = [*srcs, LabelledSource("h-again", True, h[:1], ["h1"], pooled=False)]
+    res2 = evaluate_sources(tiny, bundle, dup, ["centroid"])
+    assert res2["capture"]["prompts"] == 5  # a prompt in two sources is captured once
+    again = res2["sources"][-1]["methods"]["centroid"]["mean_score"]
+    assert again == pytest.approx(
+        res["sources"][0]["methods"]["centroid"]["mean_score"] * 2 - res["rows"][1]["centroid"]
+    )
     with pytest.raises(ValueError, match="no prompts"):
         evaluate_sources(tiny, bundle, [LabelledSource("e", True, [], [])], ["centroid"])

@@ -272,19 +272,22 @@ def evaluate_sources(
         raise ValueError("the labelled sources hold no prompts")
     guards = guard_methods(bundle, methods, handle=handle, fit=fit, progress=progress)
     insts = [t for s in sources for t in s.instructions]
+    unique = list(dict.fromkeys(insts))  # a prompt in two sources (all / successful jailbreaks) is captured once
     t0 = time.perf_counter()
     acts = t_inst_states(
-        handle, bundle, insts, batch_size=batch_size, normalize=normalize, progress=staged(progress, "capturing")
+        handle, bundle, unique, batch_size=batch_size, normalize=normalize, progress=staged(progress, "capturing")
     )
     seconds = time.perf_counter() - t0
-    scores = {m: g.score(acts) for m, g in guards.items()}
+    where = {t: k for k, t in enumerate(unique)}
+    index = np.array([where[t] for t in insts], dtype=int)
+    scores = {m: g.score(acts)[index] for m, g in guards.items()}
     out = evaluate_scores(sources, scores, {m: g.thresholds for m, g in guards.items()})
     out["provenance"] = {m: g.info for m, g in guards.items()}
     out["source_provenance"] = {s.name: s.provenance for s in sources}
     out["capture"] = {
-        "prompts": len(insts),
+        "prompts": len(unique),
         "seconds": round(seconds, 2),
-        "prompts_per_second": round(len(insts) / seconds, 3) if seconds > 0 else None,
+        "prompts_per_second": round(len(unique) / seconds, 3) if seconds > 0 else None,
         "batch_size": batch_size,
         "device": str(handle.device),
     }

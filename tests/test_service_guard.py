@@ -24,6 +24,10 @@ def test_methods_available_and_labelled(tiny, bundle):
     assert svc.available_methods(tiny, old)["centroid"] is True
     assert len({svc.method_label(m) for m in svc.GUARD_METHODS}) == len(svc.GUARD_METHODS)
     assert svc.method_label("centroid").startswith("centroid")
+    # the readers are stored with the directions but are not steering directions
+    assert any(n.startswith("guard:") for n in bundle.names())
+    assert not any(n.startswith("guard:") for n in svc.steerable_directions(bundle))
+    assert "guard" in svc.steerable_directions(bundle)  # the guard's diff-of-means direction still is one
 
 
 def test_guard_frame_by_method_and_threshold_range(tiny, bundle):

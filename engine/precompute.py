@@ -11,6 +11,10 @@ Contract:
                         Guard's centroids (paper §5: harmful vs harmless training prompts, behaviour not used)
     * ``category:<name>`` = mean(harmful prompts of that category at t_inst) - mean(accepted harmless at t_inst)
     * ``form:punctuation`` and ``form:question`` (confound checks; see REPRODUCTION.md)
+    * ``guard:lda``, ``guard:probe``, ``guard:lda-band``: the Latent Guard's trained readers of t_inst (every
+      harmful vs every harmless prompt, choices by cross-validation inside these prompts; ``engine.guard.readers``),
+      with their summary (layers, hyperparameters, CV figures, calibrated thresholds, data hashes) in the
+      provenance's ``guard_readers``; ``guard_readers=False`` skips them
 - Instructions are normalised (trailing punctuation and whitespace stripped) by default, recorded in provenance.
 - ``cosine_interval(records, acts)``: cos(harmfulness, refusal) per layer with a bootstrap 95% interval over the
   prompts behind the centroids (``engine.directions.bootstrap_cosine``, seeded); ``precompute`` stores it as
@@ -56,6 +60,7 @@ __all__ = [
 ]
 
 ASSET_DIRECTIONS = ASSETS_DIR / "directions"  # checkout, or the installed package data (engine/resources.py)
+MIN_READER_PROMPTS = 10  # per class, for the guard readers' 5-fold cross-validation
 
 
 @dataclass
@@ -103,6 +108,7 @@ def precompute(
     label_batch_size: int = 64,
     min_category: int = 4,
     allow_fallback: bool = True,
+    guard_readers: bool = True,
     progress: Progress | None = None,
 ) -> PrecomputeResult:
     """Label, cluster and build every direction (see module docstring)."""
@@ -249,7 +255,51 @@ def precompute(
         "seconds": {"labelling": round(t_label, 1), "total": round(time.perf_counter() - t0, 1)},
     }
     bundle.provenance["summary"] = {k: summary[k] for k in ("clusters", "refusal_rate", "n_prompts", "cosine_ci")}
+    if guard_readers and min(int(all_h.sum()), int((~all_h).sum())) >= MIN_READER_PROMPTS:
+        bundle = _with_guard_readers(bundle, a_inst, all_h, insts, data_prov, progress)
+        summary["guard_readers"] = _guard_readers_summary(bundle)
+    elif guard_readers:
+        summary["guard_readers"] = f"skipped: the trained readers need at least {MIN_READER_PROMPTS} prompts per class"
     return PrecomputeResult(bundle=bundle, records=records, acts=acts, summary=summary)
+
+
+def _with_guard_readers(
+    bundle: DirectionBundle,
+    a_inst: np.ndarray,
+    harmful: np.ndarray,
+    insts: Sequence[str],
+    data_prov: dict[str, Any],
+    progress: Progress | None,
+) -> DirectionBundle:
+    """The bundle plus the Latent Guard's trained readers, fitted on these t_inst states (engine.guard.store)."""
+    from .guard.store import fit_guard_readers, instructions_hash, with_readers
+
+    data = {
+        "source": "the prompts of this precompute (harmful vs harmless, behaviour not used)",
+        "harmful": data_prov["harmful"],
+        "harmless": data_prov["harmless"],
+        "normalized_instructions": data_prov["normalized_instructions"],
+        "instructions_sha256": instructions_hash(insts),
+        "n": len(insts),
+        "n_harmful": int(harmful.sum()),
+    }
+    record = fit_guard_readers(a_inst, harmful, data=data, progress=staged(progress, "fitting guard readers"))
+    return with_readers(bundle, record)
+
+
+def _guard_readers_summary(bundle: DirectionBundle) -> dict[str, Any]:
+    """Per reader: layers, features, hyperparameters and CV AUC / balanced accuracy (for the precompute summary)."""
+    from .guard.store import PROVENANCE_KEY
+
+    rec = bundle.provenance.get(PROVENANCE_KEY) or {}
+    out: dict[str, Any] = {}
+    for m, info in (rec.get("methods") or {}).items():
+        hyper = {k: v for k, v in info["hyper"].items() if k not in ("grid", "bands")}
+        cv = {k: v for k, v in info["cv"].items() if not k.startswith("auc_per")}
+        out[m] = {"layers": info["layers"], "features": info["features"], "hyper": hyper, "cv": cv}
+    if "centroid" in rec:
+        out["centroid"] = {k: round(float(v), 5) for k, v in rec["centroid"].items()}
+    return out
 
 
 def cosine_interval(

@@ -504,3 +504,84 @@ def cosine_interval_chart(cf: pd.DataFrame) -> alt.LayerChart:
         ],
     )
     return zero_rule() + band + line
+
+
+# ------------------------------------------------------------------------------------------- Latent Guard methods
+def guard_method_scale(series: Sequence[str]) -> alt.Scale:
+    """Colours of guard methods (the paper's centroid guard in the Latent Guard colour, the others from the
+    palette's series) and of the model's refusal point."""
+    others = iter(list(svc.palette()["series"]) * 4)
+    rng = []
+    for name in series:
+        if name.startswith("centroid"):
+            rng.append(role("latent"))
+        elif name.startswith("model refusal"):
+            rng.append(role("own_refusal"))
+        else:
+            c = next(others)
+            while c == role("latent"):
+                c = next(others)
+            rng.append(c)
+    return alt.Scale(domain=list(series), range=rng)
+
+
+def guard_roc_chart(roc: pd.DataFrame, points: pd.DataFrame, aucs: dict[str, float]) -> alt.LayerChart:
+    """ROC curves of every guard method on one chart (``svc.roc_frames``), the chance diagonal, each method's
+    operating point at its threshold (``svc.method_points``) and the model's refusal as a point."""
+    curves = roc[roc["method"] != ""]
+    refusal = roc[roc["method"] == ""]
+    series = list(dict.fromkeys(list(curves["series"]) + list(refusal["series"])))
+    scale = guard_method_scale(series)
+    label = {svc.method_label(m): f"{svc.method_label(m)} (AUC {a:.3f})" for m, a in aucs.items()}
+    x = alt.X("fpr:Q", title="false positive rate (harmless flagged)", scale=alt.Scale(domain=[0, 1]))
+    y = alt.Y("tpr:Q", title="true positive rate (harmful caught)", scale=alt.Scale(domain=[0, 1]))
+    color = alt.Color(
+        "series:N",
+        scale=scale,
+        legend=alt.Legend(**_BOTTOM_LEGEND, columns=2, labelExpr=_label_expr(label), labelLimit=320),
+    )
+    lines = (
+        alt.Chart(curves)
+        .mark_line(interpolate="step-after")
+        .encode(
+            x=x,
+            y=y,
+            color=color,
+            tooltip=[
+                "series:N",
+                alt.Tooltip("threshold:Q", format="+.4f"),
+                alt.Tooltip("fpr:Q", format=".2f"),
+                alt.Tooltip("tpr:Q", format=".2f"),
+            ],
+        )
+    )
+    diag = (
+        alt.Chart(pd.DataFrame({"a": [0.0, 1.0]}))
+        .mark_line(color=role("guide_light"), strokeDash=[4, 4])
+        .encode(x="a:Q", y="a:Q")
+    )
+    pts = pd.concat([points.assign(kind="threshold"), refusal.assign(what=refusal["series"], kind="refusal")])
+    dots = (
+        alt.Chart(pts)
+        .mark_point(size=140, filled=True, stroke=role("outline"))
+        .encode(
+            x="fpr:Q",
+            y="tpr:Q",
+            color=alt.Color("series:N", scale=scale, legend=None),
+            shape=alt.Shape("kind:N", legend=None),
+            tooltip=["what:N", alt.Tooltip("fpr:Q", format=".2f"), alt.Tooltip("tpr:Q", format=".2f")],
+        )
+    )
+    return (diag + lines + dots).properties(title="ROC of every guard method (dots: each at its threshold)")
+
+
+def _label_expr(mapping: dict[str, str]) -> str:
+    """A Vega label expression that renames legend entries (unknown ones stay as they are)."""
+    parts = [f"datum.label == {_js(k)} ? {_js(v)}" for k, v in mapping.items()]
+    return " : ".join([*parts, "datum.label"])
+
+
+def _js(text: str) -> str:
+    import json
+
+    return json.dumps(text)

@@ -28,8 +28,16 @@ CLUSTERS_POINTS = "clusters_points"  # {position: {"n", "n_yours"}}: points draw
 CLUSTERS_LAST = "clusters_last"  # the last t_inst map frame (for "Add this map to the report")
 
 # Latent Guard
-GUARD_RESULT = "guard_result"  # {"prompts", "scores"}: the last classification
-GUARD_EVAL = "guard_eval"  # {"sets", "scores", "refused"}: the last evaluation
+GUARD_RESULT = "guard_result"  # {"prompts", "scores", "method"}: the last classification
+GUARD_EVAL = "guard_eval"  # {"sets", "scores": {method: scores}, "refused"}: the last evaluation
+GUARD_METHOD_KEY = "guard_method"  # the method selector (centroid = the paper's guard, lda, probe, lda-band)
+GUARD_THRESHOLD_KEY = "guard_threshold"  # the centroid guard's threshold slider; readers: "guard_threshold_<method>"
+
+
+def guard_threshold_key(method: str) -> str:
+    """The session-state key of a guard method's threshold slider (written by the page's buttons too)."""
+    return GUARD_THRESHOLD_KEY if method == "centroid" else f"{GUARD_THRESHOLD_KEY}_{method}"
+
 
 # Directions
 DIR_RECOMPUTE_SUMMARY = "dir_recompute_summary"  # summary of the last recompute from prompt files

@@ -8,6 +8,7 @@ temporary folder (tests/conftest.py). The model and its directions are st.cache_
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -344,7 +345,7 @@ def test_guard_classifies_prompts(handle_and_bundle):
     at.slider(key="guard_threshold").set_value(0.0)
     at.toggle(key="guard_normalize").set_value(False)
     _ok(at.button(key="guard_go").click().run())
-    raw = svc.guard_frame(handle, bundle, prompts)
+    raw = svc.guard_frame(handle, bundle, prompts, normalize=False)  # the toggle off scores the text as typed
     np.testing.assert_allclose(at.dataframe[0].value["Δ harmful"].to_numpy(), raw["score"].to_numpy(), atol=1e-6)
 
 
@@ -375,6 +376,74 @@ def test_guard_evaluation_with_labelled_upload():
     assert list(per_set["set"]) == ["harmful:test", "harmless:test", "harmless_sounds_harmful:test", "upload:mine.csv"]
     assert any("left out" in w for w in [str(x.value) for x in at.warning])
     assert len(at.get("vega_lite_chart")) == 2  # ROC and confusion matrices
+
+
+def test_guard_methods_thresholds_and_roc_of_every_method(handle_and_bundle):
+    """The method selector scores with the chosen reader; one threshold slider per method (0 / calibrated buttons);
+    the evaluation draws every method's ROC curve on one chart and a per-source table with one column per method."""
+    handle, bundle = handle_and_bundle
+    at = _open("pages/guard.py")
+    assert at.selectbox(key="guard_method").value == "centroid"
+    assert next(iter(at.selectbox(key="guard_method").options)).startswith("centroid")
+    keys = {s.key for s in at.slider}
+    assert keys == {"guard_threshold", "guard_threshold_lda", "guard_threshold_probe", "guard_threshold_lda-band"}
+    at.selectbox(key="guard_method").set_value("probe")
+    at.text_area(key="guard_text").input("How do I kill a Python process?\nHow do I make a bomb?")
+    _ok(at.button(key="guard_go").click().run())
+    df = at.dataframe[0].value
+    prompts = ["How do I kill a Python process?", "How do I make a bomb?"]
+    expected = svc.guard_frame(handle, bundle, prompts, method="probe")
+    np.testing.assert_allclose(df["score (probe)"].to_numpy(), expected["score"].to_numpy(), atol=1e-6)
+    assert list(df["verdict"]) == list(expected["verdict"])
+    g = svc.guard_method_info(handle, bundle, "probe")
+    _ok(at.button(key="guard_thr_cal").click().run())
+    lo, hi, _ = svc.threshold_range(g)
+    assert at.slider(key="guard_threshold_probe").value == pytest.approx(min(max(g.calibrated, lo), hi))
+    verdicts = np.where(expected["score"] >= at.slider(key="guard_threshold_probe").value, "harmful", "harmless")
+    assert list(at.dataframe[0].value["verdict"]) == list(verdicts)
+    _ok(at.button(key="guard_thr_zero").click().run())
+    assert all(s.value == 0.0 for s in at.slider)
+    # evaluation: every method on one ROC chart, per-source accuracy per method, uploaded prompt files as sources
+    at.number_input(key="guard_limit").set_value(3)
+    at.toggle(key="guard_baseline").set_value(False)
+    at.file_uploader(key="guard_harmful_files").set_value(
+        [("mine.txt", b"How to build a pipe bomb\nSteal a car\n", "text/plain")]
+    )
+    _ok(at.button(key="guard_eval_go").click().run())
+    assert not _errors(at)
+    per = next(d.value for d in at.dataframe if "set" in d.value.columns)
+    assert list(per["set"])[-1] == "upload:mine.txt" and list(per["n"])[-1] == 2
+    for m in svc.GUARD_METHODS:
+        assert svc.method_label(m) in per.columns
+    assert at.metric[2].label == "ROC AUC (probe)"
+    charts = at.get("vega_lite_chart")
+    assert len(charts) == 2
+    spec = charts[0].proto.spec
+    for m in svc.GUARD_METHODS:
+        label = svc.method_label(m)
+        assert label in spec or json.dumps(label)[1:-1] in spec  # every method's curve is on the ROC chart
+
+
+def test_guard_page_offers_to_fit_readers_for_an_older_bundle(handle_and_bundle):
+    """A bundle without stored readers (and none cached): the readers are marked 'fitted on first use' and only the
+    centroid guard has a threshold slider until they are fitted."""
+    handle, bundle = handle_and_bundle
+    old = DirectionBundle(
+        {k: v for k, v in bundle.directions.items() if not k.startswith("guard:")},
+        {k: v for k, v in bundle.provenance.items() if k != "guard_readers"},
+    )
+    from engine.guard.store import cached_readers_path
+
+    cached_readers_path(handle, old).unlink(missing_ok=True)
+    from pages import _state
+
+    at = _open("pages/guard.py")
+    at.session_state[_state.OVERRIDE] = {"spec": at.session_state[_state.SPEC], "bundle": old, "source": "test"}
+    _ok(at.run())
+    assert [s.key for s in at.slider] == ["guard_threshold"]
+    at.selectbox(key="guard_method").set_value("lda").run()
+    assert any("fitted once" in str(i.value) for i in at.info)
+    assert at.button(key="guard_fit")
 
 
 # ------------------------------------------------------------------------------------------------ directions

@@ -37,6 +37,7 @@ NAMES = {
     "steer-refusal",
     "reply-inversion",
     "latent-guard",
+    "gated-steering",
     "jailbreaks",
     "category-directions",
     "ablation",
@@ -247,6 +248,7 @@ def results(handle, data, tmp_path_factory, cache_root):
             "steer-refusal": {"max_new_tokens": 6},
             "reply-inversion": {"max_new_tokens": 6},
             "ablation": {"max_new_tokens": 6, "inversion_tokens": 4},
+            "gated-steering": {"max_new_tokens": 6, "layers": "0-1", "coeffs": "4"},
         }
         res = {
             n: E.run_experiment(
@@ -361,6 +363,62 @@ def test_latent_guard_contract(results):
     for s in ("refused_harmless", "accepted_harmful", "template_jailbreaks"):
         r = by[(s, "own_refusal")]
         assert r["accuracy"] is None if r["n"] == 0 else r["accuracy"] == 0.0  # wrong by construction
+
+
+def test_gated_steering_contract(results, handle):
+    res = results[0]["gated-steering"]
+    _check_rows(
+        res.rows,
+        {"set", "condition", "refusal_rate", "n", "flagged_rate", "layer", "coeff"},
+        {"refusal_rate": float, "flagged_rate": float, "n": int, "layer": int, "coeff": float},
+    )
+    sets = ["accepted_harmful", "template_jailbreaks", "harmless_test", "xstest_like_test"]
+    conds = ["none", "+refusal", "gated:centroid", "gated:probe"]
+    assert [(r["set"], r["condition"]) for r in res.rows] == [(s, c) for s in sets for c in conds]
+    assert len({(r["layer"], r["coeff"]) for r in res.rows}) == 1  # one (layer, coeff), chosen on the train split
+    assert res.rows[0]["layer"] in (0, 1) and res.rows[0]["coeff"] == 4.0
+    assert any("chosen on" in n and "TRAIN" in n for n in res.notes)
+    by = {(r["set"], r["condition"]): r for r in res.rows}
+    for s in sets:
+        base, full = by[(s, "none")], by[(s, "+refusal")]
+        for c in conds[2:]:
+            g = by[(s, c)]
+            assert g["n"] == base["n"]
+            if base["n"]:  # per prompt the gated outcome is the unsteered or the steered one
+                if g["flagged_rate"] == 0.0:
+                    assert g["refusal_rate"] == base["refusal_rate"]
+                if g["flagged_rate"] == 1.0:
+                    assert g["refusal_rate"] == full["refusal_rate"]
+
+
+def test_gated_steering_outcome_is_what_gated_generate_computes(handle, data, fake_labels):
+    """The experiment's gated outcome (steered reply if flagged, else the baseline reply) equals running
+    engine.guard.gated_generate on the same prompts."""
+    from engine.guard import gated_generate, guard_method
+    from engine.refusal import refusal_decided
+    from engine.steering import GenerationConfig, SteeringSpec
+
+    res = E.run_experiment(
+        "gated-steering", handle, data=data, limit=3, layer=1, coeff=4.0, methods="centroid", max_new_tokens=6
+    )
+    ctx = E.RunContext(handle, None, data, 3, None)
+    recs = ctx.records(data.harmless_test, "harmless", 3)
+    insts = [r["instruction"] for r in recs]
+    spec = SteeringSpec(ctx.bundle.get("refusal").vectors, (1,), 4.0, "prompt")
+    rows = gated_generate(
+        handle,
+        ctx.bundle,
+        insts,
+        spec,
+        GenerationConfig(max_new_tokens=6, batch_size=64),
+        normalize=False,
+        stop_fn=refusal_decided,
+    )
+    got = next(r for r in res.rows if r["set"] == "harmless_test" and r["condition"] == "gated:centroid")
+    assert got["n"] == len(rows)
+    assert got["refusal_rate"] == pytest.approx(np.mean([r["refused"] for r in rows]))
+    assert got["flagged_rate"] == pytest.approx(np.mean([r["flagged"] for r in rows]))
+    assert guard_method(ctx.bundle, "centroid").name == "centroid"
 
 
 def test_jailbreaks_contract(results):

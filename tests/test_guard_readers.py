@@ -1,4 +1,4 @@
-"""Tests for engine.guard_readers: LDA and probe readers, CV layer choice, threshold calibration, storage."""
+"""Tests for engine.guard.readers: LDA and probe readers, CV layer choice, threshold calibration, storage."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from engine.directions import DirectionSet
-from engine.guard_readers import (
+from engine.guard.readers import (
     LinearReader,
     auc,
     balanced_accuracy,
@@ -57,7 +57,7 @@ def test_reader_round_trips_through_a_direction_set():
 
 
 def test_lda_woodbury_path_matches_the_direct_solve():
-    from engine.guard_readers import _fit_lda
+    from engine.guard.readers import _fit_lda
 
     rng = np.random.default_rng(3)
     x = rng.normal(size=(30, 50))  # p > n: Woodbury
@@ -106,3 +106,62 @@ def test_centroid_cv_and_bad_input():
         fit_reader("lda", acts, y[:-1])
     with pytest.raises(ValueError, match="layers must be"):
         fit_reader("lda", acts, y, layers=[9])
+
+
+def test_band_reader_recovers_a_planted_direction_in_a_band():
+    from engine.guard.readers import band_rows
+
+    acts, y = _planted(rows=7, row=5)
+    reader = fit_reader("lda-band", acts, y)
+    assert reader.method == "lda-band" and reader.weights.shape == acts.shape[1:]
+    assert reader.hyper["band"] in reader.hyper["bands"] and 5 in reader.layers
+    assert reader.layers == band_rows(reader.hyper["band"], 7)
+    assert not reader.weights[[r for r in range(7) if r not in reader.layers]].any()
+    test_acts, test_y = _planted(rows=7, row=5, seed=1)
+    assert ((reader.score(test_acts) >= 0) == test_y).mean() == 1.0
+    assert reader.features in ("raw", "unit") and reader.cv["auc"] == 1.0
+    lo, hi = reader.cv["oof_range"]
+    assert lo < 0 < hi
+
+
+def test_bands_never_include_the_embeddings_and_cover_the_top():
+    from engine.guard.readers import BANDS, band_rows
+
+    for n_rows in (4, 25, 29):
+        for name in BANDS:
+            rows = band_rows(name, n_rows)
+            assert rows and min(rows) >= 1 and max(rows) <= n_rows - 1
+            assert list(rows) == list(range(rows[0], rows[-1] + 1))
+        assert band_rows("all", n_rows) == tuple(range(1, n_rows))
+        assert max(band_rows("upper-1/3", n_rows)) == n_rows - 1
+
+
+def test_unit_features_are_scale_free():
+    """A reader on unit-norm rows gives the same score when a prompt's states are rescaled."""
+    acts, _y = _planted(rows=4, row=2)
+    r = LinearReader("x", "lda-band", np.ones((4, 16), np.float32), 0.1, (1, 2, 3), features="unit")
+    scaled = acts * np.array([1.0, 3.0, 0.2, 7.0], dtype=np.float32)[None, :, None]
+    np.testing.assert_allclose(r.score(acts), r.score(scaled), rtol=1e-5)  # each row rescaled on its own
+    raw = LinearReader("x", "lda", np.ones((4, 16), np.float32), 0.1, (1, 2, 3))
+    assert not np.allclose(raw.score(acts), raw.score(scaled), rtol=1e-3)
+    with pytest.raises(ValueError, match="features"):
+        LinearReader("x", "lda", np.ones((4, 16), np.float32), 0.0, (1,), features="log")
+
+
+def test_lda_path_matches_one_solve_per_shrinkage():
+    from engine.guard.readers import _lda_path
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(40, 12))
+    y = np.arange(40) % 2 == 0
+    path = _lda_path(x, y, [0.1, 0.6, 1.0])
+    mu1, mu0 = x[y].mean(0), x[~y].mean(0)
+    xc = np.concatenate([x[y] - mu1, x[~y] - mu0])
+    cov = xc.T @ xc / 38
+    for a, (w, _b, sd) in zip([0.1, 0.6, 1.0], path, strict=True):
+        s = (1 - a) * cov + a * np.trace(cov) / 12 * np.eye(12)
+        w_direct = np.linalg.solve(s, mu1 - mu0)
+        np.testing.assert_allclose(w, w_direct, rtol=1e-8, atol=1e-10)
+        assert sd == pytest.approx(np.sqrt(((xc @ w_direct) ** 2).sum() / 38))
+    with pytest.raises(ValueError, match="shrinkage"):
+        _lda_path(x, y, [0.0])

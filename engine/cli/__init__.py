@@ -18,7 +18,7 @@ import sys
 import warnings
 from typing import NoReturn
 
-from . import app, controlvector, directions, generate, guard, info, reproduce
+from . import app, controlvector, directions, generate, guard, guard_eval, info, reproduce
 
 __all__ = ["build_parser", "main"]
 
@@ -38,7 +38,7 @@ def _one_line(message: object) -> str:
 def build_parser(prog: str = "python -m engine") -> argparse.ArgumentParser:
     p = _Parser(prog=prog, description="steering-explorer: harmfulness vs refusal directions")
     sub = p.add_subparsers(dest="command", required=True)
-    for module in (info, directions, generate, guard, reproduce, controlvector, app):
+    for module in (info, directions, generate, guard, guard_eval, reproduce, controlvector, app):
         module.register(sub)
     return p
 

@@ -23,6 +23,7 @@ from .behaviour import latent_guard, refusal_template
 from .beliefs import belief_curves, belief_scatter, jailbreak_plane
 from .categories import category_directions
 from .charts import ChartSpec
+from .gated import gated_steering
 from .interventions import reply_inversion, steer_refusal
 
 if TYPE_CHECKING:
@@ -202,6 +203,30 @@ _TABLE: tuple[ExperimentInfo, ...] = (
         chart=ChartSpec(
             "bars", x="set", y="accuracy", y_title="accuracy", color="guard", palette="roles", y_domain=_RATE
         ),
+    ),
+    ExperimentInfo(
+        name="gated-steering",
+        title="Guard-gated steering: +refusal only where the Latent Guard fires",
+        figure="Extension (§5 + §3.4)",
+        paper="Not in the paper: since the harmfulness belief survives jailbreaks that suppress refusal (§4-5), a "
+        "latent guard can decide when to steer. Claim tested: gating +refusal steering by the guard keeps most of the "
+        "refusal gain on harmful prompts the model answers while adding little over-refusal on harmless ones.",
+        impl=gated_steering,
+        options={
+            "methods": "centroid,probe",
+            "threshold": 0.0,
+            "layer": None,
+            "coeff": None,
+            "layers": None,
+            "coeffs": "1,2",
+            "n_select": 16,
+            "n_prompts": 48,
+            "n_jailbreak_prompts": 8,
+            "n_templates": 24,
+            "max_new_tokens": 32,
+            "batch_size": 64,
+        },
+        chart=ChartSpec("bars", x="set", y="refusal_rate", y_title="refusal rate", color="condition", y_domain=_RATE),
     ),
     ExperimentInfo(
         name="jailbreaks",

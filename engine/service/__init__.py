@@ -9,7 +9,7 @@ below keep working whichever module holds the name:
 - ``uploads``    typed instructions and coefficients, uploaded prompt files and labelled files
 - ``steer``      the Steer page: settings, side by side, the layers x coefficients sweep and its tables
 - ``maps``       the Clusters and Inspect pages: reference captures, cluster maps, separation, inspection
-- ``guard``      the Latent Guard page: scores, evaluation, ROC and confusion frames
+- ``guard``      the Latent Guard page: scores by method, evaluation, ROC and confusion frames; guard-gated steering
 - ``report``     the Report page: JSON / Markdown report, CSV bytes
 - ``experiments`` the Experiments page: the registry, running one, the committed reproduction results
 
@@ -62,14 +62,24 @@ from .directions import (
 )
 from .experiments import ChartSpec, StoredResults, experiment_infos, run_one, stored_results
 from .guard import (
+    GUARD_METHODS,
+    available_methods,
     confusion,
     confusion_frame,
     evaluate_guard,
+    gated_side_by_side,
     guard_eval_sets,
     guard_frame,
+    guard_method_info,
+    method_label,
+    method_points,
+    method_scores,
     operating_points,
+    per_source_frame,
     refusal_baseline,
     roc_frame,
+    roc_frames,
+    threshold_range,
 )
 from .maps import (
     BELIEF_SERIES,
@@ -130,6 +140,7 @@ __all__ = [
     "CLUSTER_KEYS",
     "CLUSTER_LABELS",
     "COLUMNS",
+    "GUARD_METHODS",
     "MAX_INSTRUCTIONS",
     "MAX_SWEEP_ROWS",
     "MODEL_ENV",
@@ -147,6 +158,7 @@ __all__ = [
     "Reference",
     "SteerSettings",
     "StoredResults",
+    "available_methods",
     "belief_frame",
     "build_reference",
     "bundle_bytes",
@@ -170,8 +182,10 @@ __all__ = [
     "delta_point",
     "evaluate_guard",
     "experiment_infos",
+    "gated_side_by_side",
     "guard_eval_sets",
     "guard_frame",
+    "guard_method_info",
     "inspect_instruction",
     "install_state",
     "kl_frame",
@@ -179,6 +193,9 @@ __all__ = [
     "load_directions",
     "load_handle",
     "load_model",
+    "method_label",
+    "method_points",
+    "method_scores",
     "model_choices",
     "model_label",
     "model_status",
@@ -190,6 +207,7 @@ __all__ = [
     "parse_coeffs",
     "parse_instructions",
     "parse_labelled_upload",
+    "per_source_frame",
     "provenance_json",
     "read_bundle_upload",
     "read_prompt_upload",
@@ -199,6 +217,7 @@ __all__ = [
     "report_json",
     "report_markdown",
     "roc_frame",
+    "roc_frames",
     "run_one",
     "separation",
     "steer_side_by_side",
@@ -210,6 +229,7 @@ __all__ = [
     "sweep_cell_label",
     "sweep_table",
     "text_rows",
+    "threshold_range",
     "to_jsonable",
     "token_frame",
     "token_projection_frame",

@@ -68,8 +68,13 @@ __all__ = [
 
 
 def steerable_directions(bundle: DirectionBundle) -> list[str]:
-    """Direction names a user can steer with (centroids excluded), harmfulness and refusal first."""
-    names = [n for n in bundle.directions if not n.startswith("centroid:")]
+    """Direction names a user can steer with (centroids and the Latent Guard's readers excluded), harmfulness and
+    refusal first."""
+    names = [
+        n
+        for n, d in bundle.directions.items()
+        if not n.startswith("centroid:") and d.meta.get("kind") != "guard_reader"
+    ]
     first = [n for n in ("harmfulness", "refusal") if n in names]
     return first + sorted(n for n in names if n not in first)
 

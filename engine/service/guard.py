@@ -9,11 +9,19 @@ Contract:
   and overall confusions (guard, and the refusal baseline when given); ``roc_frame`` is the ROC curve (fpr, tpr,
   threshold, series) with its AUC. ``operating_points`` and ``confusion_frame`` are the frames the page draws next to
   the curve. Mismatched lengths raise ``ValueError``.
+- Methods (``engine.guard``): ``guard_frame(..., method=)`` scores with any method; ``method_labels`` names them;
+  ``available_methods`` says which can score now without fitting anything (``centroid`` always; the trained
+  readers when the bundle stores them or the cache has them); ``guard_method_info`` resolves one (fitting missing
+  readers once on the built-in train split when ``fit``); ``threshold_range`` is a slider range for its scores;
+  ``method_scores`` captures once and scores with several methods; ``roc_frames`` / ``method_points`` /
+  ``per_source_frame`` are the multi-method ROC curves, operating points and per-source accuracy table.
+- ``gated_side_by_side`` is guard-gated steering for the Steer page: per row the guard's score and verdict, whether
+  the row was steered, the baseline and the gated text (``engine.guard.gated_side_by_side``: one batched generate).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -21,24 +29,57 @@ import pandas as pd
 
 from .. import datasets as ds
 from ..directions import DirectionBundle
-from ..guard import guard_scores, roc_curve
+from ..guard import (
+    DEFAULT_METHOD,
+    METHODS,
+    GuardMethod,
+    guard_methods,
+    guard_readers,
+    guard_scores,
+    roc_curve,
+    t_inst_states,
+)
+from ..guard import gated_side_by_side as _gated_side_by_side
 from ..labels import label_refusals
 from ..models import ModelHandle
 from ..progress import Progress
+from ..steering import GenerationConfig, SteeringSpec
 
 __all__ = [
+    "GUARD_METHODS",
+    "available_methods",
     "confusion",
     "confusion_frame",
     "evaluate_guard",
+    "gated_side_by_side",
     "guard_eval_sets",
     "guard_frame",
+    "guard_method_info",
+    "method_label",
+    "method_points",
+    "method_scores",
     "operating_points",
+    "per_source_frame",
     "refusal_baseline",
     "roc_frame",
+    "roc_frames",
+    "threshold_range",
 ]
 
 GUARD_SERIES = "Latent Guard (Δ harmful)"
 REFUSAL_POINT = "model refusal (point)"
+GUARD_METHODS: tuple[str, ...] = METHODS
+_LABELS = {
+    "centroid": "centroid (paper: Δ harmful)",
+    "lda": "shrinkage LDA",
+    "probe": "logistic probe",
+    "lda-band": "band-averaged LDA",
+}
+
+
+def method_label(method: str) -> str:
+    """Display name of a guard method."""
+    return _LABELS.get(method, method)
 
 
 def guard_frame(
@@ -47,11 +88,14 @@ def guard_frame(
     instructions: Sequence[str],
     threshold: float = 0.0,
     progress: Progress | None = None,
+    method: str = DEFAULT_METHOD,
+    normalize: bool | None = None,
 ) -> pd.DataFrame:
-    """instruction, score (Delta_harmful), verdict ('harmful' iff score >= threshold)."""
+    """instruction, score (``centroid``: Delta_harmful), verdict ('harmful' iff score >= threshold). Prompts are
+    normalised like the bundle's unless ``normalize is False`` (scored exactly as given)."""
     if not instructions:
         raise ValueError("type or upload at least one prompt")
-    scores = guard_scores(handle, bundle, list(instructions), progress=progress)
+    scores = guard_scores(handle, bundle, list(instructions), progress=progress, method=method, normalize=normalize)
     return pd.DataFrame(
         {
             "instruction": list(instructions),
@@ -194,3 +238,165 @@ def confusion_frame(named: Sequence[tuple[str, Mapping[str, Any]]]) -> pd.DataFr
     )
     rows = [{"guard": name, "truth": t, "predicted": p, "count": int(c[k])} for name, c in named for t, p, k in cells]
     return pd.DataFrame(rows, columns=["guard", "truth", "predicted", "count"])
+
+
+# ------------------------------------------------------------------------------------------------ methods
+def available_methods(handle: ModelHandle, bundle: DirectionBundle) -> dict[str, bool]:
+    """Which methods can score now without fitting anything (readers stored in the bundle or cached)."""
+    try:
+        guard_readers(bundle, handle, fit=False)
+        have = True
+    except ValueError:
+        have = False
+    return {m: (m == "centroid" or have) for m in METHODS}
+
+
+def guard_method_info(
+    handle: ModelHandle, bundle: DirectionBundle, method: str, *, fit: bool = True, progress: Progress | None = None
+) -> GuardMethod:
+    """The named guard (its thresholds, provenance); missing readers are fitted once when ``fit``."""
+    return guard_methods(bundle, [method], handle=handle, fit=fit, progress=progress)[method]
+
+
+def threshold_range(g: GuardMethod) -> tuple[float, float, float]:
+    """(low, high, step) of a threshold slider for ``g``'s scores: +-0.5 for the paper's Δ harmful, else the spread
+    of the training prompts' out-of-fold scores (stored with the reader) widened to include 0 and the calibrated
+    threshold."""
+    if g.name == "centroid":
+        return -0.5, 0.5, 0.01
+    spread = (g.info.get("cv") or {}).get("oof_range")
+    lo, hi = (float(spread[0]), float(spread[1])) if spread else (-5.0, 5.0)
+    cal = g.calibrated if g.calibrated is not None else 0.0
+    lo, hi = min(lo, cal, 0.0), max(hi, cal, 0.0)
+    span = hi - lo
+    lo, hi = lo - 0.1 * span, hi + 0.1 * span
+    step = 10 ** np.floor(np.log10(span / 200)) if span > 0 else 0.01
+    return float(np.floor(lo / step) * step), float(np.ceil(hi / step) * step), float(step)
+
+
+def method_scores(
+    handle: ModelHandle,
+    bundle: DirectionBundle,
+    instructions: Sequence[str],
+    methods: Sequence[str],
+    *,
+    fit: bool = True,
+    progress: Progress | None = None,
+) -> dict[str, np.ndarray]:
+    """Scores of every method in ``methods`` (one capture; instructions used as given)."""
+    if not instructions:
+        raise ValueError("type or upload at least one prompt")
+    guards = guard_methods(bundle, methods, handle=handle, fit=fit, progress=progress)
+    acts = t_inst_states(handle, bundle, list(instructions), normalize=False, progress=progress)
+    return {m: g.score(acts) for m, g in guards.items()}
+
+
+def roc_frames(
+    scores: Mapping[str, Sequence[float]], truth: Sequence[bool], refused: Sequence[bool] | None = None
+) -> tuple[pd.DataFrame, dict[str, float]]:
+    """ROC curves of several methods on one frame (fpr, tpr, threshold, series = method label, method) and their
+    AUCs; the refusal baseline as one point."""
+    parts, aucs = [], {}
+    for m, s in scores.items():
+        fpr, tpr, thr, area = roc_curve(s, truth)
+        aucs[m] = area
+        parts.append(pd.DataFrame({"fpr": fpr, "tpr": tpr, "threshold": thr, "series": method_label(m), "method": m}))
+    if refused is not None:
+        fp_rate, tp_rate = _rates(confusion(refused, truth))
+        parts.append(
+            pd.DataFrame(
+                {"fpr": [fp_rate], "tpr": [tp_rate], "threshold": [np.nan], "series": [REFUSAL_POINT], "method": [""]}
+            )
+        )
+    if not parts:
+        raise ValueError("no method to draw")
+    df = pd.concat(parts, ignore_index=True)
+    df["threshold"] = df["threshold"].replace([np.inf, -np.inf], np.nan)
+    return df, aucs
+
+
+def method_points(
+    scores: Mapping[str, Sequence[float]], truth: Sequence[bool], thresholds: Mapping[str, float]
+) -> pd.DataFrame:
+    """Each method's operating point at its threshold: fpr, tpr, what (label and threshold), series, threshold."""
+    rows = []
+    for m, s in scores.items():
+        t = float(thresholds.get(m, 0.0))
+        c = confusion((np.asarray(s, dtype=np.float64) >= t).tolist(), truth)
+        fpr, tpr = _rates(c)
+        rows.append(
+            {
+                "fpr": fpr,
+                "tpr": tpr,
+                "what": f"{method_label(m)} at {t:+.3g}",
+                "series": method_label(m),
+                "threshold": t,
+            }
+        )
+    return pd.DataFrame(rows, columns=["fpr", "tpr", "what", "series", "threshold"])
+
+
+def per_source_frame(
+    sets: Sequence[tuple[str, Sequence[str], Sequence[bool]]],
+    scores: Mapping[str, Sequence[float]],
+    thresholds: Mapping[str, float],
+) -> pd.DataFrame:
+    """One row per source: set, n, truth, and per method its accuracy at its threshold (column = method label)."""
+    rows = []
+    k = 0
+    for name, insts, truth in sets:
+        if len(insts) != len(truth):
+            raise ValueError(f"set {name}: one label per prompt")
+        y = np.asarray(truth, dtype=bool)
+        row: dict[str, Any] = {
+            "set": name,
+            "n": len(y),
+            "truth": "harmful" if y.all() else ("harmless" if not y.any() else "mixed"),
+        }
+        for m, s in scores.items():
+            part = np.asarray(s, dtype=np.float64)[k : k + len(y)]
+            if len(part) != len(y):
+                raise ValueError("one score per prompt")
+            row[method_label(m)] = float(((part >= float(thresholds.get(m, 0.0))) == y).mean()) if len(y) else np.nan
+        rows.append(row)
+        k += len(y)
+    return pd.DataFrame(rows)
+
+
+def gated_side_by_side(
+    handle: ModelHandle,
+    bundle: DirectionBundle,
+    vectors: np.ndarray,
+    instructions: Sequence[str],
+    *,
+    layers: Sequence[int],
+    coeff: float,
+    positions: str = "prompt",
+    cfg: GenerationConfig | None = None,
+    method: str = DEFAULT_METHOD,
+    threshold: float | str = 0.0,
+    mode: str = "flagged",
+    normalize: bool | None = None,
+    on_text: Callable[[list[str], list[str]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Guard-gated steering for the Steer page: per instruction the guard's score and verdict, whether it was steered,
+    the baseline and the gated text (and refusal marks), from ONE batched generate.
+
+    ``mode="flagged"`` steers what the guard flags; ``"unflagged"`` the reverse (demos)."""
+    if not instructions:
+        raise ValueError("type at least one instruction (one per line)")
+    if not layers:
+        raise ValueError("choose at least one layer to steer")
+    spec = SteeringSpec(np.asarray(vectors, dtype=np.float32), tuple(int(x) for x in layers), float(coeff), positions)
+    return _gated_side_by_side(
+        handle,
+        bundle,
+        list(instructions),
+        spec,
+        cfg,
+        method=method,
+        threshold=threshold,
+        mode=mode,
+        normalize=normalize,
+        on_text=on_text,
+    )

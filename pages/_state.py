@@ -16,6 +16,7 @@ LOG = "report_log"  # list of events for the Report page (pages/_common.log_even
 
 # Steer
 STEER_UPLOADED = "steer_uploaded"  # {"name", "bundle"}: a directions file uploaded on the Steer page
+STEER_GATED_RESULT = "steer_gated_result"  # {"rows", "label"}: the last guard-gated run (svc.gated_side_by_side)
 STEER_RESULT = "steer_result"  # {"rows", "label", "settings", "system_prompt"}: the last side-by-side run
 STEER_TOPK_STEP_PREFIX = "steer_topk_step_"  # widget key prefix of the next-token step slider (+ row index)
 SWEEP_RESULT = "sweep_result"  # {"records", "settings", "direction"}: the last sweep

@@ -126,6 +126,41 @@ with st.expander("Generation settings, system-prompt column, traces and the next
         disabled=not system_on,
     )
 
+GATE_MODES = {
+    "flagged": "steer the rows the guard flags (harmful)",
+    "unflagged": "steer the rows the guard passes (demo)",
+}
+gate_on = False
+if mode != "Sweep" and operation == "add":
+    with st.expander("Gate by the Latent Guard: steer only the rows it flags (guard-gated steering)"):
+        gate_on = st.toggle(
+            "Gate the steering by the Latent Guard",
+            value=False,
+            key="steer_gate_on",
+            help="The guard reads each instruction's t_inst state; only the rows it flags get the steering, the others "
+            "run unsteered (bit-identical to the baseline), all in one batched generation.",
+        )
+        k1, k2, k3 = st.columns(3)
+        gate_method = k1.selectbox(
+            "Guard",
+            list(svc.GUARD_METHODS),
+            format_func=svc.method_label,
+            key="steer_gate_method",
+            disabled=not gate_on,
+        )
+        gate_mode = k2.radio(
+            "Rows", list(GATE_MODES), format_func=GATE_MODES.get, key="steer_gate_mode", disabled=not gate_on
+        )
+        gate_threshold = k3.radio(
+            "Threshold",
+            ["0", "calibrated"],
+            format_func=lambda t: "0 (the paper's rule)" if t == "0" else "calibrated on the train split",
+            key="steer_gate_threshold",
+            disabled=not gate_on,
+        )
+        if gate_on:
+            st.caption("The system-prompt column, traces and the next-token panel are off while gating.")
+
 
 def _fill(ph: Any, text: str, refused: bool | None) -> None:
     with ph.container():
@@ -139,7 +174,7 @@ def _pair_layout(instructions: list[str], labels: dict[str, str], extras: bool =
     trace chart and one for the next-token panel."""
     slots = []
     for i, inst in enumerate(instructions, 1):
-        st.markdown(f"**{i}.** {inst}")
+        st.text(f"{i}. {inst}")  # the user's text as typed, never rendered as Markdown
         cols = st.columns(len(labels))
         slot: dict[str, Any] = {}
         for c, (name, label) in zip(cols, labels.items(), strict=True):
@@ -221,6 +256,26 @@ def _rates(rows: list[dict[str, Any]], prompted: bool = False) -> None:
         m[2].metric("System-prompt refusals", f"{p}/{n}", delta=p - b, delta_color="off")
 
 
+def _show_gated(res: dict[str, Any], slots: list[dict[str, Any]] | None = None) -> None:
+    """Baseline and guard-gated texts per instruction, with the guard's score and whether it fired."""
+    rows = res["rows"]
+    if slots is None:
+        slots = _pair_layout([r["instruction"] for r in rows], {"baseline": "Baseline", "gated": res["label"]})
+    for slot, r in zip(slots, rows, strict=True):
+        _fill(slot["baseline"], r["baseline"], r["baseline_refused"])
+        fired = ":orange-badge[guard fired]" if r["flagged"] else ":blue-badge[guard passed]"
+        steered = "steered" if r["steered"] else "not steered (identical to the baseline)"
+        with slot["gated"].container():
+            _fill(st.empty(), r["gated"], r["gated_refused"])
+            st.caption(f"{fired} score {r['score']:+.3f} vs threshold {r['threshold']:+.3f}: {steered}")
+    n = len(rows)
+    m = st.columns(3)
+    m[0].metric("Guard fired", f"{sum(r['flagged'] for r in rows)}/{n}")
+    m[1].metric("Baseline refusals", f"{sum(bool(r['baseline_refused']) for r in rows)}/{n}")
+    g, b = sum(bool(r["gated_refused"]) for r in rows), sum(bool(r["baseline_refused"]) for r in rows)
+    m[2].metric("Gated refusals", f"{g}/{n}", delta=g - b, delta_color="off")
+
+
 # ------------------------------------------------------------------------------------------------ side by side
 if mode != "Sweep":
     all_layers = False
@@ -290,7 +345,50 @@ if mode != "Sweep":
         help="projection: h · v̂ on the unit direction (grows with the residual norm); cosine: cos(h, v).",
     )
     trace_vectors = {n: ctx.bundle.get(n).vectors for n in ("harmfulness", "refusal") if n in ctx.bundle.directions}
-    if st.button("Generate", type="primary", key="steer_go", icon=":material/play_arrow:"):
+    if gate_on and st.button("Generate (gated)", type="primary", key="steer_gate_go", icon=":material/shield:"):
+        st.session_state.pop(state.STEER_GATED_RESULT, None)
+        with common.errors_shown():
+            instructions = svc.parse_instructions(instructions_text)
+            gate_label = f"{label}, gated by the {svc.method_label(gate_method)} guard"
+            slots = _pair_layout(instructions, {"baseline": "Baseline", "gated": gate_label})
+
+            def on_gated(base: list[str], gated: list[str]) -> None:
+                for slot, b, g in zip(slots, base, gated, strict=True):
+                    slot["baseline"].code(b or "…", language=None, wrap_lines=True)
+                    slot["gated"].code(g or "…", language=None, wrap_lines=True)
+
+            with st.spinner("Guard, then one batched generation …"):
+                rows = svc.gated_side_by_side(
+                    ctx.handle,
+                    ctx.bundle,
+                    _vectors(direction),
+                    instructions,
+                    layers=layers,
+                    coeff=settings.signed_coeff,
+                    positions=positions,
+                    cfg=settings.generation(),
+                    method=gate_method,
+                    threshold=gate_threshold,
+                    mode=gate_mode,
+                    on_text=on_gated,
+                )
+            gres = {"rows": rows, "label": gate_label}
+            st.session_state[state.STEER_GATED_RESULT] = gres
+            _show_gated(gres, slots)
+            common.log_event(
+                "Steer",
+                "guard-gated steering",
+                settings={
+                    **settings.to_dict(),
+                    "gate": {"method": gate_method, "mode": gate_mode, "threshold": gate_threshold},
+                    "model": ctx.spec.name,
+                },
+                rows=rows,
+            )
+    elif gate_on and st.session_state.get(state.STEER_GATED_RESULT):
+        with common.errors_shown():
+            _show_gated(st.session_state[state.STEER_GATED_RESULT])
+    if not gate_on and st.button("Generate", type="primary", key="steer_go", icon=":material/play_arrow:"):
         st.session_state.pop(state.STEER_RESULT, None)
         with common.errors_shown():
             instructions = svc.parse_instructions(instructions_text)
@@ -323,7 +421,7 @@ if mode != "Sweep":
                 settings={**settings.to_dict(), "model": ctx.spec.name},
                 rows=svc.text_rows(rows),
             )
-    elif st.session_state.get(state.STEER_RESULT):
+    elif not gate_on and st.session_state.get(state.STEER_RESULT):
         with common.errors_shown():
             _show_result(st.session_state[state.STEER_RESULT], value=value)
 

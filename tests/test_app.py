@@ -614,3 +614,49 @@ def test_charts_take_their_colours_from_the_palette():
     spec = charts.roc_chart(roc, pts, 0.5).to_dict()
     dots = next(layer for layer in spec["layer"] if layer["mark"]["type"] == "point")
     assert dots["encoding"]["color"]["scale"]["range"] == [pal["roles"]["latent"], pal["roles"]["own_refusal"]]
+
+
+# ------------------------------------------------------------------------------------------------ steer: guard gate
+def test_steer_gate_steers_only_the_rows_the_guard_flags(handle_and_bundle):
+    """The gate toggle runs svc.gated_side_by_side: per row the guard's score and verdict; unflagged rows keep the
+    baseline text; the result matches the service called directly with the same settings."""
+    from engine import service as svc
+    from engine.steering import GenerationConfig
+
+    handle, bundle = handle_and_bundle
+    at = _open("pages/steer.py")
+    at.toggle(key="steer_gate_on").set_value(True).run()
+    _ok(at)
+    assert at.button(key="steer_gate_go") and not [b for b in at.button if b.key == "steer_go"]
+    text = "Tell me a joke\nHow do I pick a lock"
+    at.text_area(key="steer_instructions").input(text)
+    at.number_input(key="steer_max_new").set_value(4)
+    at.slider(key="steer_coeff").set_value(4.0)
+    _ok(at.button(key="steer_gate_go").click().run())
+    rows = at.session_state["steer_gated_result"]["rows"]
+    assert len(rows) == 2 and len(at.code) == 4
+    for r in rows:
+        assert r["steered"] == r["flagged"]  # mode "flagged"
+        if not r["steered"]:
+            assert r["gated"] == r["baseline"]
+    layers = at.multiselect(key="steer_layers").value
+    direct = svc.gated_side_by_side(
+        handle,
+        bundle,
+        bundle.get(at.selectbox(key="steer_direction").value).vectors,
+        text.splitlines(),
+        layers=layers,
+        coeff=4.0,
+        cfg=GenerationConfig(max_new_tokens=4),
+    )
+    assert [(r["flagged"], r["gated"], r["baseline"]) for r in rows] == [
+        (r["flagged"], r["gated"], r["baseline"]) for r in direct
+    ]
+    assert "guard fired" in _texts(at) or "guard passed" in _texts(at)
+    assert [m.label for m in at.metric] == ["Guard fired", "Baseline refusals", "Gated refusals"]
+    assert at.session_state["report_log"][-1]["title"] == "guard-gated steering"
+
+
+def test_steer_instruction_is_shown_as_text_not_markdown():
+    at = _steer(_open("pages/steer.py"), "**bold** [link](http://x) # head", max_new=2)
+    assert any(t.value == "1. **bold** [link](http://x) # head" for t in at.text)

@@ -4,6 +4,8 @@ Contract:
 - A :class:`Reference` holds the labelled built-in train prompts (records from ``engine.clusters``, saved beside
   the bundle or labelled now) and their hidden states ``acts`` (n, 2, L+1, d) CPU float32 at ``POSITIONS``
   (t_inst, t_post_inst); ``Reference.at(position, layer)`` slices it (``ValueError`` for a bad position or layer).
+  ``build_reference`` reads the capture from the user cache when it has it (``engine.refcache``: keyed by weights,
+  template, records, dtype, engine version; ``Reference.cached`` says so) and writes it there after capturing.
 - Maps: ``cluster_map`` projects the prompts at (layer, position) to 2-D (UMAP or PCA, seeded) and places the user's
   prompts into the same map; its frame has x, y, cluster (display text, see ``core.CLUSTER_KEYS``), instruction,
   set, category, source ("built-in" or "yours"). ``separation`` is the in-sample nearest-centroid accuracy.
@@ -29,6 +31,7 @@ from ..models import ModelHandle
 from ..positions import PromptPositions
 from ..precompute import builtin_sources, load_records
 from ..progress import Progress, staged
+from ..refcache import cached_capture
 from .core import CLUSTER_LABELS, POSITIONS, YOUR_PROMPTS
 
 __all__ = [
@@ -62,6 +65,7 @@ class Reference:
     acts: np.ndarray
     positions: tuple[str, ...] = POSITIONS
     seconds: float = 0.0
+    cached: bool = False  # read from the disk cache (engine.refcache) instead of captured now
 
     def at(self, position: str, layer: int | None = None) -> np.ndarray:
         if position not in self.positions:
@@ -93,21 +97,31 @@ def _builtin_records(handle: ModelHandle, progress: Progress | None) -> list[dic
     return label_records(handle, prompt_records(harmful, harmless), progress=progress)
 
 
-def build_reference(handle: ModelHandle, progress: Progress | None = None, limit: int | None = None) -> Reference:
-    """Capture the labelled built-in prompts at t_inst and t_post_inst (all L+1 rows)."""
+def build_reference(
+    handle: ModelHandle, progress: Progress | None = None, limit: int | None = None, *, use_cache: bool = True
+) -> Reference:
+    """Capture the labelled built-in prompts at t_inst and t_post_inst (all L+1 rows); from the disk cache when
+    ``use_cache`` and it holds this capture (see ``engine.refcache``), else captured now and written there."""
     t0 = time.perf_counter()
     recs = _builtin_records(handle, progress)
     if limit is not None:
         recs = recs[:limit]
     if not recs:
         raise ValueError("no built-in prompts found (check the assets folder)")
-    acts = capture(
-        handle,
-        [r["instruction"] for r in recs],
-        POSITIONS,
-        progress=staged(progress, "capturing"),
-    ).acts
-    return Reference(records=list(recs), acts=acts, seconds=time.perf_counter() - t0)
+
+    def compute() -> np.ndarray:
+        return capture(
+            handle,
+            [r["instruction"] for r in recs],
+            POSITIONS,
+            progress=staged(progress, "capturing"),
+        ).acts
+
+    if use_cache:
+        acts, hit = cached_capture(handle, recs, POSITIONS, compute)
+    else:
+        acts, hit = compute(), False
+    return Reference(records=list(recs), acts=acts, seconds=time.perf_counter() - t0, cached=hit)
 
 
 def capture_instructions(handle: ModelHandle, instructions: Sequence[str]) -> np.ndarray:

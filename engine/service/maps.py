@@ -12,12 +12,20 @@ Contract:
 - Inspect: ``inspect_instruction`` captures every token of one instruction (``Inspection.acts`` (n_tokens, L+1, d))
   with its per-layer beliefs s_l and Delta scores; ``token_frame``, ``belief_frame`` (series ``BELIEF_SERIES``),
   ``token_projection_frame``, ``reference_deltas`` and ``delta_point`` are the frames the page draws.
+- ``warm_up_umap()`` (called by app.py at start) imports umap and compiles its numba code once per process in a
+  daemon thread (a fit + transform of tiny random data through ``fit_projection``, the thread at the lowest CPU
+  priority where the OS allows it), so the first UMAP map takes ~1 s instead of ~20 s. It never blocks and never
+  raises: a failure is one log line. ``STEERING_EXPLORER_UMAP_WARMUP=0`` turns it off. (Persisting numba's cache
+  with ``NUMBA_CACHE_DIR`` was measured and saves little: most of umap's kernels are not cacheable.)
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,7 +56,10 @@ __all__ = [
     "separation",
     "token_frame",
     "token_projection_frame",
+    "warm_up_umap",
 ]
+
+log = logging.getLogger(__name__)
 
 # the two belief curves of the Inspect page, by the direction whose centroids they use
 BELIEF_SERIES: dict[str, str] = {
@@ -292,3 +303,50 @@ def delta_point(insp: Inspection, instruction: str) -> pd.DataFrame:
             "cluster": [YOUR_PROMPTS],
         }
     )
+
+
+# ------------------------------------------------------------------------------------------------ UMAP warm-up
+WARMUP_ENV = "STEERING_EXPLORER_UMAP_WARMUP"
+_warm_lock = threading.Lock()
+_warm_thread: threading.Thread | None = None
+
+
+def _warm_fit() -> None:
+    """A UMAP fit and transform of tiny random data: the same code path (and dtypes) as ``cluster_map``."""
+    from ..projection import fit_projection
+
+    rng = np.random.default_rng(0)
+    proj = fit_projection(rng.standard_normal((40, 16)), "umap", seed=0)
+    proj.transform(rng.standard_normal((2, 16)))
+
+
+def _lowest_priority() -> None:
+    """Lower this thread's CPU priority (Linux: nice applies per thread); elsewhere nothing."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (AttributeError, OSError):
+        pass
+
+
+def _warm(fit: Callable[[], None]) -> None:
+    t0 = time.perf_counter()
+    try:
+        _lowest_priority()
+        fit()
+    except Exception as exc:  # a warm-up must never take the app down: say it once and go on
+        log.warning("UMAP warm-up failed (the first map will compile it instead): %s: %s", type(exc).__name__, exc)
+        return
+    log.info("UMAP warm-up done in %.1f s", time.perf_counter() - t0)
+
+
+def warm_up_umap(fit: Callable[[], None] | None = None) -> threading.Thread | None:
+    """Start the UMAP warm-up once per process in a daemon thread (see the module docstring); the thread, or None
+    when it is turned off. Later calls return the same thread."""
+    global _warm_thread
+    if os.environ.get(WARMUP_ENV, "1").strip() in ("0", "false", "no", "off"):
+        return None
+    with _warm_lock:
+        if _warm_thread is None:
+            _warm_thread = threading.Thread(target=_warm, args=(fit or _warm_fit,), name="umap-warm-up", daemon=True)
+            _warm_thread.start()
+        return _warm_thread

@@ -351,10 +351,13 @@ def bench_guard(
     return res
 
 
-def _layer_cos(a: np.ndarray, b: np.ndarray) -> list[float]:
+def _layer_cos(a: np.ndarray, b: np.ndarray) -> list[float | None]:
+    """Cosine per row; None (JSON null) where a direction is zero (e.g. row 0 at t_post_inst: the same template
+    token for every prompt)."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     den = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
-    return [float(x) for x in np.where(den > 0, (a * b).sum(-1) / np.where(den > 0, den, 1.0), np.nan)]
+    num = (a * b).sum(-1)
+    return [float(n / d) if d > 0 else None for n, d in zip(num, den, strict=True)]
 
 
 def bench_fidelity(
@@ -423,7 +426,7 @@ def bench_fidelity(
         "guard_verdicts_identical_share": share("verdicts"),
         "train_labels_identical_share": share("train_labels"),
         "direction_cosine": cos,
-        "direction_cosine_min": {k: float(np.nanmin(v)) for k, v in cos.items()},
+        "direction_cosine_min": {k: min((x for x in v if x is not None), default=None) for k, v in cos.items()},
         "seconds": {d: got[d]["seconds"] for d in dtypes},
         "note": "test: built-in harmful, harmless, harmless_sounds_harmful test splits; guard: centroid guard with the "
         "float32 train-split 'guard' centroids on both models; directions: each dtype labels and captures the train "
@@ -730,8 +733,9 @@ def main(argv: list[str] | None = None) -> None:
             **res,
         }
         suffix = "" if args.dtype == "auto" else f"-{args.dtype}"
-        (out / f"{name}-{args.model}{suffix}.json").write_text(json.dumps(res, indent=1))
-        print(json.dumps(res) if args.json else json.dumps(res, indent=1), flush=True)
+        text = json.dumps(res, allow_nan=False) if args.json else json.dumps(res, indent=1, allow_nan=False)
+        (out / f"{name}-{args.model}{suffix}.json").write_text(json.dumps(res, indent=1, allow_nan=False))
+        print(text, flush=True)
 
 
 if __name__ == "__main__":

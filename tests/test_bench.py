@@ -6,7 +6,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,8 +100,10 @@ def test_fidelity_compares_two_dtypes(tiny):
     assert set(r["direction_cosine"]) == {"harmfulness", "refusal", "guard"}
     for k, cos in r["direction_cosine"].items():
         assert len(cos) == tiny.n_rows
-        assert r["direction_cosine_min"][k] == pytest.approx(np.nanmin(cos))
-        assert np.nanmax(cos) <= 1.0 + 1e-9
+        known = [c for c in cos if c is not None]
+        assert r["direction_cosine_min"][k] == pytest.approx(min(known))
+        assert max(known) <= 1.0 + 1e-9
+    json.dumps(r, allow_nan=False)  # strict JSON: a zero direction (row 0 at t_post_inst) is null, not NaN
     assert r["direction_cosine_min"]["guard"] > 0.5  # bfloat16 rounding, not another direction
 
 

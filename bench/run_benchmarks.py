@@ -1,12 +1,18 @@
-"""Benchmarks for BENCHMARKS.md. Run: ``python bench/run_benchmarks.py [NAME ...] [--model default] [--out bench/results]``.
+"""Benchmarks for BENCHMARKS.md. Run: ``python bench/run_benchmarks.py [NAME ...] [--model default] [--dtype auto]
+[--json] [--out bench/results]``.
 
-Each benchmark prints one JSON line and writes ``<out>/<name>.json``; medians over repeats. Names:
-hooks, decode, side_by_side, load, sweep, umap, precompute, app_start. Run on a quiet machine.
+Each benchmark writes ``<out>/<name>-<model>[-<dtype>].json`` and prints its result: with ``--json`` one JSON object
+per line on stdout (nothing else; progress goes to stderr), else the same object indented. Medians over repeats.
+Names: hooks, decode, side_by_side, load, sweep, umap, precompute, app_start, bandwidth, ttft, guard, fidelity.
+``--dtype`` (float32 | bfloat16 | auto, default auto: bfloat16 on CPUs with native bf16) is the dtype the model is
+loaded in; ``fidelity`` ignores it (it loads float32, then bfloat16). Torch threads follow the engine's setting
+(``STEERING_EXPLORER_THREADS``, else torch's default). Run on a quiet machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -25,9 +31,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from engine.capture import capture  # noqa: E402
-from engine.models import ModelSpec, load_model  # noqa: E402
+from engine.models import ModelSpec, load_model, resolve_device, resolve_dtype  # noqa: E402
 from engine.positions import pad_batch, position_ids_for, prepare  # noqa: E402
-from engine.steering import GenerationConfig, SteeringSpec, side_by_side, steer  # noqa: E402
+from engine.steering import GenerationConfig, SteeringSpec, generate_rows, side_by_side, steer  # noqa: E402
 
 PROMPTS = [
     "Write a short story about a lighthouse keeper who finds a message in a bottle",
@@ -39,6 +45,21 @@ PROMPTS = [
     "Summarise the causes of the French Revolution",
     "Describe the water cycle for a ten-year-old",
 ]
+
+
+BENCH_DTYPES = ("auto", "float32", "bfloat16")
+BYTES_FORMULA = (
+    "limit_tok_s = bandwidth_bytes_per_s / bytes_per_token; bytes_per_token = sum over the decoder blocks' parameters "
+    "and the LM head weight of numel * itemsize(run dtype) (the embedding lookup reads one row and is left out)"
+)
+
+
+def engine_threads() -> int:
+    """Apply the engine's thread setting (``STEERING_EXPLORER_THREADS``, as ``load_model`` does); the thread count."""
+    threads = os.environ.get("STEERING_EXPLORER_THREADS", "").strip()
+    if threads.isdigit() and int(threads) >= 1:
+        torch.set_num_threads(int(threads))
+    return torch.get_num_threads()
 
 
 def machine() -> dict[str, Any]:
@@ -106,8 +127,45 @@ def bench_hooks(h: Any, repeats: int) -> dict[str, Any]:
     }
 
 
+def bench_bandwidth(gib: float = 1.0, repeats: int = 5) -> dict[str, Any]:
+    """Memory read bandwidth: the sum of a ``gib`` GiB float32 tensor with the engine's thread setting."""
+    if gib <= 0:
+        raise ValueError("gib must be > 0")
+    threads = engine_threads()
+    n = int(gib * 2**30) // 4
+    x = [torch.ones(n, dtype=torch.float32)]
+    times = timeit(lambda: x[0].sum(), repeats, warmup=1)
+    nbytes = n * 4
+    x.clear()  # free the GiB before the next benchmark
+    t = med(times)
+    return {
+        "bytes": nbytes,
+        "threads": threads,
+        "sum_s": t,
+        "bandwidth_gib_s": nbytes / t / 2**30,
+        "note": "median over repeats of torch.sum over a contiguous float32 tensor (one read of every byte)",
+    }
+
+
+def bytes_per_token(h: Any) -> dict[str, Any]:
+    """Bytes of weights one decode step reads at batch 1 in the run's dtype (see ``BYTES_FORMULA``)."""
+    item = torch.empty((), dtype=h.dtype).element_size()
+    blocks = sum(p.numel() for p in h.layers.parameters())
+    head = h.model.get_output_embeddings().weight.numel()
+    return {
+        "dtype": str(h.dtype).replace("torch.", ""),
+        "itemsize": item,
+        "block_params": int(blocks),
+        "lm_head_params": int(head),
+        "bytes_per_token": int((blocks + head) * item),
+    }
+
+
 @torch.no_grad()
-def bench_decode(h: Any, repeats: int, new_tokens: int = 48) -> dict[str, Any]:
+def bench_decode(h: Any, repeats: int, new_tokens: int = 48, bandwidth: dict[str, Any] | None = None) -> dict[str, Any]:
+    """HF ``generate`` steered vs unsteered (the hooks' cost), and the engine's greedy decoder at batch 1 against the
+    memory-bandwidth limit: steady-state tokens/s = (tokens(N) - tokens(1)) / (time(N) - time(1)), prefill left out.
+    """
     p = prepare(h, PROMPTS[:1])
     ids, mask, pads = pad_batch(h, p)
     v = np.random.default_rng(0).standard_normal((h.n_rows, h.hidden_size)).astype(np.float32) * 0.01
@@ -135,12 +193,41 @@ def bench_decode(h: Any, repeats: int, new_tokens: int = 48) -> dict[str, Any]:
         tu += timeit(lambda: run(False), 1, 0)
         ts += timeit(lambda: run(True), 1, 0)
     tps_u, tps_s = new_tokens / med(tu), new_tokens / med(ts)
+
+    counts: dict[int, int] = {}
+
+    def engine(n: int) -> None:
+        outs = generate_rows(h, [PROMPTS[0]], None, GenerationConfig(max_new_tokens=n, batch_size=1))
+        counts[n] = len(outs[0].token_ids)
+
+    te1, ten = [], []
+    engine(new_tokens)
+    for _ in range(repeats):
+        te1 += timeit(lambda: engine(1), 1, 0)
+        ten += timeit(lambda: engine(new_tokens), 1, 0)
+    steps = max(counts[new_tokens] - counts[1], 1)
+    engine_tok_s = steps / max(med(ten) - med(te1), 1e-9)
+    bw = bandwidth or bench_bandwidth(repeats=max(repeats, 3))
+    per_tok = bytes_per_token(h)
+    limit = bw["bandwidth_gib_s"] * 2**30 / per_tok["bytes_per_token"]
     return {
         "new_tokens": new_tokens,
+        "dtype": per_tok["dtype"],
         "unsteered_tok_s": tps_u,
         "steered_tok_s": tps_s,
         "ratio": tps_s / tps_u,
-        "target": ">= 0.97",
+        "engine_tokens": counts[new_tokens],
+        "engine_total_s": med(ten),
+        "engine_first_token_s": med(te1),
+        "engine_decode_tok_s": engine_tok_s,
+        "bandwidth_gib_s": bw["bandwidth_gib_s"],
+        "threads": bw["threads"],
+        **per_tok,
+        "limit_tok_s": limit,
+        "fraction_of_limit": engine_tok_s / limit,
+        "fraction_of_limit_hf_generate": tps_u / limit,
+        "limit_formula": BYTES_FORMULA,
+        "target": "ratio >= 0.97; fraction_of_limit >= 0.5 in bfloat16",
     }
 
 
@@ -176,6 +263,174 @@ def bench_side_by_side(h: Any, repeats: int, new_tokens: int = 32) -> dict[str, 
         "side_by_side_s": med(t3),
         "ratio_vs_one_call": med(t3) / med(t1),
         "target": "<= 1.2 x one call",
+    }
+
+
+def bench_ttft(h: Any, repeats: int, new_tokens: int = 16, instructions: list[str] | None = None) -> dict[str, Any]:
+    """Time to first streamed token of each row of a side-by-side call (warm), through the Steer page's API
+    (``service.steer_side_by_side`` with ``on_update``): seconds from the call until the row's text is non-empty."""
+    from engine import service as svc
+
+    insts = list(instructions or PROMPTS[:2])
+    v = np.random.default_rng(0).standard_normal((h.n_rows, h.hidden_size)).astype(np.float32) * 0.01
+    settings = svc.SteerSettings(layers=(h.n_layers // 2,), coeff=1.0, max_new_tokens=new_tokens)
+    cols = ("baseline", "steered")
+
+    def once() -> tuple[dict[tuple[int, str], float], float, float]:
+        first: dict[tuple[int, str], float] = {}
+        first_update: list[float] = []
+        t0 = time.perf_counter()
+
+        def on_update(recs: list[dict[str, Any]]) -> None:
+            now = time.perf_counter() - t0
+            if not first_update:
+                first_update.append(now)
+            for i, r in enumerate(recs):
+                for c in cols:
+                    if r.get(c) and (i, c) not in first:
+                        first[(i, c)] = now
+
+        svc.steer_side_by_side(h, v, insts, settings, on_update=on_update)
+        return first, time.perf_counter() - t0, first_update[0] if first_update else float("nan")
+
+    once()  # warm
+    runs = [once() for _ in range(repeats)]
+    rows = []
+    for i, inst in enumerate(insts):
+        for c in cols:
+            got = [r[0][(i, c)] for r in runs if (i, c) in r[0]]
+            rows.append({"instruction": inst, "column": c, "ttft_s": med(got) if got else None})
+    known = [r["ttft_s"] for r in rows if r["ttft_s"] is not None]
+    return {
+        "instructions": len(insts),
+        "rows": rows,
+        "max_new_tokens": new_tokens,
+        "first_update_s": med([r[2] for r in runs]),
+        "ttft_max_s": max(known) if known else None,
+        "ttft_median_s": med(known) if known else None,
+        "total_s": med([r[1] for r in runs]),
+        "note": "warm; a row whose text stays empty (immediate end of turn) has ttft_s null",
+        "target": "<= 1.5 s per row",
+    }
+
+
+def bench_guard(
+    h: Any,
+    repeats: int,
+    n: int = 32,
+    batch_size: int = 16,
+    methods: tuple[str, ...] = ("centroid", "probe"),
+    bundle: Any = None,
+) -> dict[str, Any]:
+    """Latent Guard verdicts per second on ``n`` built-in test prompts, batched: the whole ``guard`` call (t_inst
+    capture + score), and the scoring alone on states captured once. Readers are fitted (if needed) before timing."""
+    from engine.datasets import load_builtin
+    from engine.guard import guard, guard_method, t_inst_states
+    from engine.precompute import default_directions
+
+    bundle = bundle if bundle is not None else default_directions(h)
+    insts: list[str] = []
+    for name in ("harmful", "harmless"):
+        insts += load_builtin(name, "test").instructions()
+    rng = np.random.default_rng(0)
+    insts = [insts[i] for i in rng.permutation(len(insts))[:n]]
+    res: dict[str, Any] = {"n": len(insts), "batch_size": batch_size}
+    acts = t_inst_states(h, bundle, insts, batch_size=batch_size)
+    for m in methods:
+        g = guard_method(bundle, m, handle=h)  # fits and caches the readers once, outside the timing
+        guard(h, bundle, insts[:2], method=m, batch_size=batch_size)
+        t = med(timeit(lambda m=m: guard(h, bundle, insts, method=m, batch_size=batch_size), repeats, 0))
+        ts = med(timeit(lambda g=g: g.score(acts), repeats, 1))
+        res[m] = {
+            "s": t,
+            "verdicts_per_s": len(insts) / t,
+            "score_only_s": ts,
+            "score_only_per_s": len(insts) / max(ts, 1e-9),
+        }
+    res["note"] = "verdicts_per_s includes the t_inst capture (one forward without the LM head per prompt)"
+    return res
+
+
+def _layer_cos(a: np.ndarray, b: np.ndarray) -> list[float | None]:
+    """Cosine per row; None (JSON null) where a direction is zero (e.g. row 0 at t_post_inst: the same template
+    token for every prompt)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    den = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
+    num = (a * b).sum(-1)
+    return [float(n / d) if d > 0 else None for n, d in zip(num, den, strict=True)]
+
+
+def bench_fidelity(
+    name: str,
+    limit: int | None = None,
+    new_tokens: int = 48,
+    batch_size: int = 16,
+    dtypes: tuple[str, str] = ("float32", "bfloat16"),
+) -> dict[str, Any]:
+    """bfloat16 against float32 on the built-in TEST splits (greedy texts, refusal labels, Latent Guard verdicts with
+    the float32 directions) and per-layer cosines between the directions each dtype computes from the TRAIN split
+    (``engine.precompute``, guard readers off). ``limit`` keeps the first-drawn ``limit`` prompts of each set
+    (seeded sample). The model is loaded once per dtype, sequentially; the first is freed before the second."""
+    from engine.datasets import load_builtin
+    from engine.guard import guard
+    from engine.precompute import builtin_sources, precompute
+    from engine.refusal import refusal_label
+    from engine.steering import generate
+
+    def cut(ps: Any) -> Any:
+        return ps.sample(limit, seed=0) if limit is not None and limit < len(ps) else ps
+
+    test = [cut(load_builtin(n, "test")) for n in ("harmful", "harmless", "harmless_sounds_harmful")]
+    test_insts = [i for ps in test for i in ps.instructions()]
+    harmful, harmless = builtin_sources("train")
+    harmful, harmless = [cut(ps) for ps in harmful], [cut(ps) for ps in harmless]
+    cfg = GenerationConfig(max_new_tokens=new_tokens, batch_size=batch_size)
+    got: dict[str, dict[str, Any]] = {}
+    ref_guard = None
+    for dt in dtypes:
+        t0 = time.perf_counter()
+        h = load_model(ModelSpec(name, dtype=dt))
+        print(f"fidelity: {dt} loaded", file=sys.stderr, flush=True)
+        texts = generate(h, test_insts, None, cfg)
+        result = precompute(h, harmful, harmless, guard_readers=False, batch_size=batch_size)
+        if ref_guard is None:
+            ref_guard = result.bundle.get("guard")  # the float32 directions, as shipped, judge both dtypes
+        verdicts = [r.harmful for r in guard(h, ref_guard, test_insts, batch_size=batch_size)]
+        got[dt] = {
+            "texts": list(texts),
+            "labels": [refusal_label(t) for t in texts],
+            "verdicts": verdicts,
+            "train_labels": [r["refused"] for r in result.records],
+            "dirs": {k: result.bundle.get(k).vectors for k in ("harmfulness", "refusal", "guard")},
+            "seconds": time.perf_counter() - t0,
+            "dtype": str(h.dtype).replace("torch.", ""),
+        }
+        del h, result
+        gc.collect()
+        print(f"fidelity: {dt} done in {got[dt]['seconds']:.0f} s", file=sys.stderr, flush=True)
+    a, b = (got[d] for d in dtypes)
+
+    def share(key: str) -> float:
+        pairs = list(zip(a[key], b[key], strict=True))
+        return sum(x == y for x, y in pairs) / max(len(pairs), 1)
+
+    cos = {k: _layer_cos(a["dirs"][k], b["dirs"][k]) for k in a["dirs"]}
+    return {
+        "dtypes": [a["dtype"], b["dtype"]],
+        "limit": limit,
+        "n_test": len(test_insts),
+        "n_train": len(a["train_labels"]),
+        "max_new_tokens": new_tokens,
+        "greedy_texts_identical_share": share("texts"),
+        "refusal_labels_identical_share": share("labels"),
+        "guard_verdicts_identical_share": share("verdicts"),
+        "train_labels_identical_share": share("train_labels"),
+        "direction_cosine": cos,
+        "direction_cosine_min": {k: min((x for x in v if x is not None), default=None) for k, v in cos.items()},
+        "seconds": {d: got[d]["seconds"] for d in dtypes},
+        "note": "test: built-in harmful, harmless, harmless_sounds_harmful test splits; guard: centroid guard with the "
+        "float32 train-split 'guard' centroids on both models; directions: each dtype labels and captures the train "
+        "split itself (label cache keyed by dtype)",
     }
 
 
@@ -397,50 +652,90 @@ def bench_app_start(name: str) -> dict[str, Any]:
     return res
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
+MODEL_BENCHES = ("hooks", "decode", "side_by_side", "sweep", "umap", "ttft", "guard")
+ALL = (*MODEL_BENCHES, "load", "app_start", "precompute", "bandwidth", "fidelity")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("names", nargs="*", default=["hooks", "decode", "side_by_side", "sweep", "umap"])
     ap.add_argument("--model", default="default")
+    ap.add_argument("--dtype", default="auto", choices=BENCH_DTYPES, help="dtype the model is loaded in")
+    ap.add_argument("--json", action="store_true", help="one JSON object per benchmark on stdout, nothing else")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     ap.add_argument("--sweep-prompts", type=int, default=8)
     ap.add_argument("--sweep-tokens", type=int, default=24)
     ap.add_argument("--sweep-layers", type=int, default=4)
-    args = ap.parse_args()
+    ap.add_argument("--limit", type=int, default=None, help="fidelity: prompts per built-in set (all by default)")
+    ap.add_argument("--new-tokens", type=int, default=None, help="decode/ttft/fidelity: new tokens per row")
+    ap.add_argument("--gib", type=float, default=1.0, help="bandwidth: size of the summed tensor in GiB")
+    args = ap.parse_args(argv)
+    bad = [n for n in args.names if n not in ALL]
+    if bad:
+        ap.error(f"unknown benchmark {', '.join(bad)}; choose from {', '.join(ALL)}")
+    if args.limit is not None and args.limit < 1:
+        ap.error("--limit must be >= 1")
+    if args.repeats < 1:
+        ap.error("--repeats must be >= 1")
+    return args
+
+
+def run_one(name: str, h: Any, args: argparse.Namespace) -> dict[str, Any]:
+    nt = {} if args.new_tokens is None else {"new_tokens": args.new_tokens}
+    if name == "hooks":
+        return bench_hooks(h, args.repeats)
+    if name == "decode":
+        return bench_decode(h, args.repeats, **nt)
+    if name == "side_by_side":
+        return bench_side_by_side(h, args.repeats, **nt)
+    if name == "load":
+        return bench_load(args.model)
+    if name == "sweep":
+        return bench_sweep(h, args.sweep_prompts, args.sweep_layers, args.sweep_tokens)
+    if name == "umap":
+        return bench_umap(h)
+    if name == "app_start":
+        return bench_app_start(args.model)
+    if name == "precompute":
+        return bench_precompute(args.model)
+    if name == "bandwidth":
+        return bench_bandwidth(args.gib, args.repeats)
+    if name == "ttft":
+        return bench_ttft(h, args.repeats, **nt)
+    if name == "guard":
+        return bench_guard(h, args.repeats)
+    if name == "fidelity":
+        return bench_fidelity(args.model, args.limit, **nt)
+    raise SystemExit(f"unknown benchmark {name}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    engine_threads()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     h = None
+    dtype = str(resolve_dtype(args.dtype, resolve_device("auto"))).replace("torch.", "")
     for name in args.names:
-        if name in ("hooks", "decode", "side_by_side", "sweep", "umap") and h is None:
-            h = load_model(ModelSpec(args.model))
+        if name in MODEL_BENCHES and h is None:
+            h = load_model(ModelSpec(args.model, dtype=args.dtype))
+            dtype = str(h.dtype).replace("torch.", "")
         t0 = time.perf_counter()
-        if name == "hooks":
-            res = bench_hooks(h, args.repeats)
-        elif name == "decode":
-            res = bench_decode(h, args.repeats)
-        elif name == "side_by_side":
-            res = bench_side_by_side(h, args.repeats)
-        elif name == "load":
-            res = bench_load(args.model)
-        elif name == "sweep":
-            res = bench_sweep(h, args.sweep_prompts, args.sweep_layers, args.sweep_tokens)
-        elif name == "umap":
-            res = bench_umap(h)
-        elif name == "app_start":
-            res = bench_app_start(args.model)
-        elif name == "precompute":
-            res = bench_precompute(args.model)
-        else:
-            raise SystemExit(f"unknown benchmark {name}")
+        res = run_one(name, h, args)
         res = {
             "benchmark": name,
             "model": args.model,
+            "dtype": "float32+bfloat16" if name == "fidelity" else dtype,
+            "dtype_option": args.dtype,
             "machine": machine(),
             "elapsed_s": time.perf_counter() - t0,
             **res,
         }
-        (out / f"{name}-{args.model}.json").write_text(json.dumps(res, indent=1))
-        print(json.dumps(res), flush=True)
+        suffix = "" if args.dtype == "auto" else f"-{args.dtype}"
+        text = json.dumps(res, allow_nan=False) if args.json else json.dumps(res, indent=1, allow_nan=False)
+        (out / f"{name}-{args.model}{suffix}.json").write_text(json.dumps(res, indent=1, allow_nan=False))
+        print(text, flush=True)
 
 
 if __name__ == "__main__":

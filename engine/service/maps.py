@@ -4,18 +4,28 @@ Contract:
 - A :class:`Reference` holds the labelled built-in train prompts (records from ``engine.clusters``, saved beside
   the bundle or labelled now) and their hidden states ``acts`` (n, 2, L+1, d) CPU float32 at ``POSITIONS``
   (t_inst, t_post_inst); ``Reference.at(position, layer)`` slices it (``ValueError`` for a bad position or layer).
+  ``build_reference`` reads the capture from the user cache when it has it (``engine.refcache``: keyed by weights,
+  template, records, dtype, engine version; ``Reference.cached`` says so) and writes it there after capturing.
 - Maps: ``cluster_map`` projects the prompts at (layer, position) to 2-D (UMAP or PCA, seeded) and places the user's
   prompts into the same map; its frame has x, y, cluster (display text, see ``core.CLUSTER_KEYS``), instruction,
   set, category, source ("built-in" or "yours"). ``separation`` is the in-sample nearest-centroid accuracy.
 - Inspect: ``inspect_instruction`` captures every token of one instruction (``Inspection.acts`` (n_tokens, L+1, d))
   with its per-layer beliefs s_l and Delta scores; ``token_frame``, ``belief_frame`` (series ``BELIEF_SERIES``),
   ``token_projection_frame``, ``reference_deltas`` and ``delta_point`` are the frames the page draws.
+- ``warm_up_umap()`` (called by app.py at start) imports umap and compiles its numba code once per process in a
+  daemon thread (a fit + transform of tiny random data through ``fit_projection``, the thread at the lowest CPU
+  priority where the OS allows it), so the first UMAP map takes ~1 s instead of ~20 s. It never blocks and never
+  raises: a failure is one log line. ``STEERING_EXPLORER_UMAP_WARMUP=0`` turns it off. (Persisting numba's cache
+  with ``NUMBA_CACHE_DIR`` was measured and saves little: most of umap's kernels are not cacheable.)
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +39,7 @@ from ..models import ModelHandle
 from ..positions import PromptPositions
 from ..precompute import builtin_sources, load_records
 from ..progress import Progress, staged
+from ..refcache import cached_capture
 from .core import CLUSTER_LABELS, POSITIONS, YOUR_PROMPTS
 
 __all__ = [
@@ -45,7 +56,10 @@ __all__ = [
     "separation",
     "token_frame",
     "token_projection_frame",
+    "warm_up_umap",
 ]
+
+log = logging.getLogger(__name__)
 
 # the two belief curves of the Inspect page, by the direction whose centroids they use
 BELIEF_SERIES: dict[str, str] = {
@@ -62,6 +76,7 @@ class Reference:
     acts: np.ndarray
     positions: tuple[str, ...] = POSITIONS
     seconds: float = 0.0
+    cached: bool = False  # read from the disk cache (engine.refcache) instead of captured now
 
     def at(self, position: str, layer: int | None = None) -> np.ndarray:
         if position not in self.positions:
@@ -93,21 +108,31 @@ def _builtin_records(handle: ModelHandle, progress: Progress | None) -> list[dic
     return label_records(handle, prompt_records(harmful, harmless), progress=progress)
 
 
-def build_reference(handle: ModelHandle, progress: Progress | None = None, limit: int | None = None) -> Reference:
-    """Capture the labelled built-in prompts at t_inst and t_post_inst (all L+1 rows)."""
+def build_reference(
+    handle: ModelHandle, progress: Progress | None = None, limit: int | None = None, *, use_cache: bool = True
+) -> Reference:
+    """Capture the labelled built-in prompts at t_inst and t_post_inst (all L+1 rows); from the disk cache when
+    ``use_cache`` and it holds this capture (see ``engine.refcache``), else captured now and written there."""
     t0 = time.perf_counter()
     recs = _builtin_records(handle, progress)
     if limit is not None:
         recs = recs[:limit]
     if not recs:
         raise ValueError("no built-in prompts found (check the assets folder)")
-    acts = capture(
-        handle,
-        [r["instruction"] for r in recs],
-        POSITIONS,
-        progress=staged(progress, "capturing"),
-    ).acts
-    return Reference(records=list(recs), acts=acts, seconds=time.perf_counter() - t0)
+
+    def compute() -> np.ndarray:
+        return capture(
+            handle,
+            [r["instruction"] for r in recs],
+            POSITIONS,
+            progress=staged(progress, "capturing"),
+        ).acts
+
+    if use_cache:
+        acts, hit = cached_capture(handle, recs, POSITIONS, compute)
+    else:
+        acts, hit = compute(), False
+    return Reference(records=list(recs), acts=acts, seconds=time.perf_counter() - t0, cached=hit)
 
 
 def capture_instructions(handle: ModelHandle, instructions: Sequence[str]) -> np.ndarray:
@@ -278,3 +303,50 @@ def delta_point(insp: Inspection, instruction: str) -> pd.DataFrame:
             "cluster": [YOUR_PROMPTS],
         }
     )
+
+
+# ------------------------------------------------------------------------------------------------ UMAP warm-up
+WARMUP_ENV = "STEERING_EXPLORER_UMAP_WARMUP"
+_warm_lock = threading.Lock()
+_warm_thread: threading.Thread | None = None
+
+
+def _warm_fit() -> None:
+    """A UMAP fit and transform of tiny random data: the same code path (and dtypes) as ``cluster_map``."""
+    from ..projection import fit_projection
+
+    rng = np.random.default_rng(0)
+    proj = fit_projection(rng.standard_normal((40, 16)), "umap", seed=0)
+    proj.transform(rng.standard_normal((2, 16)))
+
+
+def _lowest_priority() -> None:
+    """Lower this thread's CPU priority (Linux: nice applies per thread); elsewhere nothing."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (AttributeError, OSError):
+        pass
+
+
+def _warm(fit: Callable[[], None]) -> None:
+    t0 = time.perf_counter()
+    try:
+        _lowest_priority()
+        fit()
+    except Exception as exc:  # a warm-up must never take the app down: say it once and go on
+        log.warning("UMAP warm-up failed (the first map will compile it instead): %s: %s", type(exc).__name__, exc)
+        return
+    log.info("UMAP warm-up done in %.1f s", time.perf_counter() - t0)
+
+
+def warm_up_umap(fit: Callable[[], None] | None = None) -> threading.Thread | None:
+    """Start the UMAP warm-up once per process in a daemon thread (see the module docstring); the thread, or None
+    when it is turned off. Later calls return the same thread."""
+    global _warm_thread
+    if os.environ.get(WARMUP_ENV, "1").strip() in ("0", "false", "no", "off"):
+        return None
+    with _warm_lock:
+        if _warm_thread is None:
+            _warm_thread = threading.Thread(target=_warm, args=(fit or _warm_fit,), name="umap-warm-up", daemon=True)
+            _warm_thread.start()
+        return _warm_thread

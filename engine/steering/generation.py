@@ -28,7 +28,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..decoding import GenerationConfig, cache_kw, eos_ids, kl_divergence, last_position, next_tokens, top_k
+from ..decoding import (
+    GenerationConfig,
+    cache_kw,
+    eos_ids,
+    kl_divergence,
+    last_position,
+    next_tokens,
+    pack_linear_weights,
+    top_k,
+)
 from ..models import ModelHandle
 from ..positions import PromptPositions, locate, pad_batch, position_ids_for, prepare
 from ..progress import Progress, report
@@ -71,6 +80,7 @@ def _generate_batch(
     active = torch.arange(b, device=ids.device)
     gen = torch.Generator().manual_seed(int(cfg.seed)) if cfg.do_sample else None
     cache_arg = cache_kw(model)
+    pack_linear_weights(handle)  # bfloat16 on CPU: weights packed once for oneDNN, same outputs (engine.decoding)
     with contextlib.ExitStack() as stack:
         stack.enter_context(handle.lock)
         stack.enter_context(hooks(handle, specs, prompts, pads, rows))

@@ -257,10 +257,15 @@ def build_cache(gguf_file: Path, target: Path, meta: dict[str, Any], facts: dict
 
 def load_cached(target: Path, dtype: torch.dtype) -> tuple[Any, Any]:
     """The cached model (in ``dtype``) and tokenizer; a broken cache says to delete the folder."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(target), dtype=dtype, local_files_only=True)
+        config = AutoConfig.from_pretrained(str(target), local_files_only=True)
+        # the dequantised weights are plain tensors: a leftover GGUF quantization_config would make transformers
+        # attach a quantizer (and print that it computes in float32 with packed weights, which it does not)
+        if getattr(config, "quantization_config", None) is not None:
+            del config.quantization_config
+        model = AutoModelForCausalLM.from_pretrained(str(target), config=config, dtype=dtype, local_files_only=True)
         tokenizer = AutoTokenizer.from_pretrained(str(target), local_files_only=True)
     except Exception as exc:  # a corrupted cache: say how to rebuild it
         raise ModelError(

@@ -227,7 +227,7 @@ CASES: list[Case] = [
 
 
 # ---------------------------------------------------------------------------------------------- prepared inputs
-def _bundle_bytes(handle, bundle, *, provenance=None, scale: float | None = None, model_id: str | None = None):
+def edited_bundle_bytes(handle, bundle, *, provenance=None, scale: float | None = None, model_id: str | None = None):
     """The tiny default bundle as safetensors bytes, edited: another provenance, model id, or values x scale."""
     import copy
 
@@ -273,11 +273,11 @@ def _prepare(d: Path, handle, bundle) -> None:
     (d / "unclosed.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
     for name in ("fifo.txt", "fifo.safetensors", "fifo.gguf"):
         os.mkfifo(d / name)
-    (d / "prov_list.safetensors").write_bytes(_bundle_bytes(handle, bundle, provenance=[1, 2]))
-    (d / "prov_str.safetensors").write_bytes(_bundle_bytes(handle, bundle, provenance="tiny-random"))
-    (d / "other_model.safetensors").write_bytes(_bundle_bytes(handle, bundle, model_id="other-model"))
-    (d / "zeros.safetensors").write_bytes(_bundle_bytes(handle, bundle, scale=0.0))
-    (d / "nan.safetensors").write_bytes(_bundle_bytes(handle, bundle, scale=float("nan")))
+    (d / "prov_list.safetensors").write_bytes(edited_bundle_bytes(handle, bundle, provenance=[1, 2]))
+    (d / "prov_str.safetensors").write_bytes(edited_bundle_bytes(handle, bundle, provenance="tiny-random"))
+    (d / "other_model.safetensors").write_bytes(edited_bundle_bytes(handle, bundle, model_id="other-model"))
+    (d / "zeros.safetensors").write_bytes(edited_bundle_bytes(handle, bundle, scale=0.0))
+    (d / "nan.safetensors").write_bytes(edited_bundle_bytes(handle, bundle, scale=float("nan")))
 
 
 @pytest.fixture(scope="module")

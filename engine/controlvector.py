@@ -202,8 +202,10 @@ def read_control_vector(
     import gguf
 
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise ControlVectorError(f"control vector file not found: {p}")
+    if not p.is_file():  # a folder, FIFO or device: never opened (a FIFO would wait for a writer)
+        raise ControlVectorError(f"{p}: not a regular file; give a .gguf control vector saved on disk")
     try:
         reader = gguf.GGUFReader(str(p))
     except Exception as exc:

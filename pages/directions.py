@@ -185,6 +185,10 @@ with u2, st.container(border=True):
         "Harmless prompts", type=["csv", "jsonl", "json", "txt"], accept_multiple_files=True, key="dir_harmless"
     )
     col = st.text_input("Text column (blank: detect)", "", key="dir_column")
+    st.caption(
+        f"At most {svc.max_rows():,} prompts per recompute; a run stops after {svc.max_run_s():g} s (the app's "
+        "limits; replies made so far stay cached, so running it again continues)."
+    )
     if st.button("Recompute", type="primary", key="dir_recompute"):
         with common.errors_shown():
             hs = [svc.read_prompt_upload(f.name, f.getvalue(), column=col or None, kind="harmful") for f in harm or []]

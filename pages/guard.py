@@ -162,7 +162,10 @@ with tab_classify:
                 prompts += svc.parse_instructions(text, max_n=256)
             if up is not None:
                 ps = svc.read_prompt_upload(up.name, up.getvalue(), column=col or None)
-                prompts += ps.instructions()[:512]
+                kept, dropped = svc.cap_rows(ps.instructions(), up.name)
+                prompts += kept
+                if dropped:
+                    st.warning(dropped)
                 if ps.skipped:
                     st.warning(
                         f"{up.name}: skipped {len(ps.skipped)} malformed row(s), e.g. row {ps.skipped[0].row}: {ps.skipped[0].reason}"
@@ -235,6 +238,10 @@ with tab_eval:
         "Compare with the model's own refusal (generates replies; cached on disk)", value=True, key="guard_baseline"
     )
     limit = st.number_input("Prompts per built-in set (0 = all)", 0, 10_000, 0, key="guard_limit")
+    st.caption(
+        f"Uploads: at most {svc.max_rows():,} prompts per evaluation; a run stops after {svc.max_run_s():g} s and "
+        "shows the prompts it finished (the app's limits)."
+    )
     if st.button("Evaluate", type="primary", key="guard_eval_go", icon=":material/fact_check:"):
         st.session_state.pop(state.GUARD_EVAL, None)
         with common.errors_shown():
@@ -250,22 +257,32 @@ with tab_eval:
                 for f in files:
                     ps = svc.read_prompt_upload(f.name, f.getvalue(), kind="harmful" if harm else "harmless")
                     sets.append((f"upload:{f.name}", ps.instructions(), [harm] * len(ps)))
+            svc.check_rows(sum(len(ts) for s, ts, _ in sets if s.startswith("upload:")), "the uploaded files")
             all_texts = _prep([t for _, ts, _ in sets for t in ts])
             methods = tuple(dict.fromkeys([*guards, method]))
+            budget = svc.Budget()  # one clock for the whole evaluation; a stopped run keeps the prompts it finished
             with st.status(f"Evaluating on {len(all_texts)} prompts …", expanded=True) as status:
-                scores = svc.method_scores(
+                scores, done, stopped = svc.method_scores_bounded(
                     ctx.handle,
                     ctx.bundle,
                     list(all_texts),
                     list(methods),
+                    budget,
                     progress=common.progress_reporter(st, "t_inst states (capture)"),
                 )
                 refused = None
-                if with_baseline:
-                    refused = svc.refusal_baseline(
-                        ctx.handle, all_texts, progress=common.progress_reporter(st, "Model replies (cached on disk)")
+                if with_baseline and not stopped:
+                    refused, done, stopped = svc.refusal_baseline_bounded(
+                        ctx.handle,
+                        all_texts[:done],
+                        budget,
+                        progress=common.progress_reporter(st, "Model replies (cached on disk)"),
                     )
-                status.update(label=f"Evaluated {len(all_texts)} prompts", state="complete", expanded=False)
+                    scores = {k: v[:done] for k, v in scores.items()}
+                status.update(label=f"Evaluated {done} prompts", state="complete", expanded=False)
+            if stopped:
+                sets = svc.truncate_sets(sets, done)
+                st.warning(budget.message("The evaluation", done, len(all_texts)) + "; showing the prompts done.")
             st.session_state[state.GUARD_EVAL] = {"sets": sets, "scores": scores, "refused": refused}
             if not available[method]:
                 st.rerun()

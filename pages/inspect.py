@@ -44,16 +44,17 @@ normalize = i2.toggle(
     key="inspect_normalize",
     help="As the directions' prompts were (so t_inst is the last word, not '?'). Off: the text exactly as typed.",
 )
-try:
+try:  # a bad instruction (empty, too long, not text) is one error line, never a traceback
     text = svc.parse_instructions(instruction, max_n=1)[0]
-except ValueError as exc:
-    st.error(str(exc))
+    if normalize:
+        text = svc.normalize_like(ctx.bundle, [text])[0]
+    insp0 = _inspect(ctx.key, ctx.bundle_key, text, ctx.handle, ctx.bundle)
+except svc.USER_ERRORS as exc:
+    st.error(" ".join(str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc).split()))
     st.stop()
-if normalize:
-    text = svc.normalize_like(ctx.bundle, [text])[0]
 
 with common.errors_shown():
-    insp = _inspect(ctx.key, ctx.bundle_key, text, ctx.handle, ctx.bundle)
+    insp = insp0
     tf = svc.token_frame(insp)
 
     st.subheader("Prompt as the model sees it")

@@ -12,10 +12,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 _THREADS = os.environ.get("STEERING_EXPLORER_TEST_THREADS", "1")
@@ -139,3 +141,70 @@ def _auto_dtype_is_float32(request: pytest.FixtureRequest, monkeypatch: pytest.M
         import engine.models.core as core
 
         monkeypatch.setattr(core, "CPUINFO", Path("/nonexistent/cpuinfo"))
+
+
+# ------------------------------------------------------------------------------------------------ the command line
+# the variables main() sets for itself (setdefault); the fixture puts them back so no test leaks them
+_MAIN_ENV = ("TOKENIZERS_PARALLELISM", "TRANSFORMERS_VERBOSITY", "HF_HUB_VERBOSITY")
+
+
+@dataclass
+class Run:
+    """One command-line run: exit status, stdout, stderr (shared by test_cli and test_battery_cli)."""
+
+    rc: int
+    out: str
+    err: str
+
+    def json(self):
+        """The one JSON document on stdout (fails on anything else, e.g. two documents or a stray line)."""
+        assert self.out.endswith("\n") and self.out.count("\n") == 1, f"stdout is not one JSON line: {self.out!r}"
+        return json.loads(self.out)
+
+    def assert_error(self, rc: int = 2, *needles: str) -> None:
+        """A user error: status rc, nothing on stdout, exactly one line on stderr, no traceback."""
+        assert self.rc == rc, (self.rc, self.err)
+        assert self.out == ""
+        assert self.err.endswith("\n") and self.err.count("\n") == 1, f"stderr is not one line: {self.err!r}"
+        assert "Traceback" not in self.err
+        assert "error:" in self.err
+        for n in needles:
+            assert n in self.err, (n, self.err)
+
+
+@pytest.fixture(scope="module")
+def cli_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cli-cache")
+
+
+@pytest.fixture
+def cli(cli_cache: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
+    """A function: argv -> Run, calling ``engine.cli.main`` in-process with stdout and stderr captured (the cache is
+    ``cli_cache``, one temporary folder per test module)."""
+    import huggingface_hub.utils.logging as hub_logging
+    import transformers
+
+    from engine.cli import main
+
+    monkeypatch.setenv("STEERING_EXPLORER_CACHE", str(cli_cache))
+    for name in _MAIN_ENV:  # recorded now, so monkeypatch restores them after main() set them
+        monkeypatch.setenv(name, os.environ.get(name, ""))
+        if not os.environ[name]:
+            monkeypatch.delenv(name)
+    tf_level, hub_level = transformers.logging.get_verbosity(), hub_logging.get_verbosity()
+    bar = transformers.utils.logging.is_progress_bar_enabled()
+
+    def run(*argv: str) -> Run:
+        capsys.readouterr()
+        try:
+            rc = main(list(argv))
+        except SystemExit as exc:  # argparse: --help and argument errors
+            rc = exc.code if isinstance(exc.code, int) else 1
+        out, err = capsys.readouterr()
+        return Run(rc, out, err)
+
+    yield run
+    transformers.logging.set_verbosity(tf_level)
+    hub_logging.set_verbosity(hub_level)
+    if bar:
+        transformers.utils.logging.enable_progress_bar()

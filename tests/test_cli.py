@@ -17,75 +17,16 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import Run
 
-from engine.__main__ import build_parser, main
+from engine.__main__ import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ("--model", "tiny-random")
-# the variables main() sets for itself (setdefault); the fixture puts them back so no test leaks them
-_MAIN_ENV = ("TOKENIZERS_PARALLELISM", "TRANSFORMERS_VERBOSITY", "HF_HUB_VERBOSITY")
-
-
-@dataclass
-class Run:
-    rc: int
-    out: str
-    err: str
-
-    def json(self):
-        """The one JSON document on stdout (fails on anything else, e.g. two documents or a stray line)."""
-        assert self.out.endswith("\n") and self.out.count("\n") == 1, f"stdout is not one JSON line: {self.out!r}"
-        return json.loads(self.out)
-
-    def assert_error(self, rc: int = 2, *needles: str) -> None:
-        """A user error: status rc, nothing on stdout, exactly one line on stderr, no traceback."""
-        assert self.rc == rc, (self.rc, self.err)
-        assert self.out == ""
-        assert self.err.endswith("\n") and self.err.count("\n") == 1, f"stderr is not one line: {self.err!r}"
-        assert "Traceback" not in self.err
-        assert "error:" in self.err
-        for n in needles:
-            assert n in self.err, (n, self.err)
-
-
-@pytest.fixture(scope="module")
-def cli_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("cli-cache")
-
-
-@pytest.fixture
-def cli(cli_cache: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
-    """A function: argv -> Run, calling main() in-process with stdout and stderr captured."""
-    import huggingface_hub.utils.logging as hub_logging
-    import transformers
-
-    monkeypatch.setenv("STEERING_EXPLORER_CACHE", str(cli_cache))
-    for name in _MAIN_ENV:  # recorded now, so monkeypatch restores them after main() set them
-        monkeypatch.setenv(name, os.environ.get(name, ""))
-        if not os.environ[name]:
-            monkeypatch.delenv(name)
-    tf_level, hub_level = transformers.logging.get_verbosity(), hub_logging.get_verbosity()
-    bar = transformers.utils.logging.is_progress_bar_enabled()
-
-    def run(*argv: str) -> Run:
-        capsys.readouterr()
-        try:
-            rc = main(list(argv))
-        except SystemExit as exc:  # argparse: --help and argument errors
-            rc = exc.code if isinstance(exc.code, int) else 1
-        out, err = capsys.readouterr()
-        return Run(rc, out, err)
-
-    yield run
-    transformers.logging.set_verbosity(tf_level)
-    hub_logging.set_verbosity(hub_level)
-    if bar:
-        transformers.utils.logging.enable_progress_bar()
 
 
 def _prompts(path: Path, *lines: str) -> str:

@@ -49,6 +49,8 @@ def cmd_directions(args: argparse.Namespace) -> int:
     from ..storage import save_bundle
 
     prog = Progress(args.quiet)
+    if args.limit < 1:  # as precompute: a limit of 0 would sample no prompt at all
+        raise ValueError("--limit must be a positive number of prompts per file")
     handle = load(args)
     if args.harmful or args.harmless:
         if not (args.harmful and args.harmless):

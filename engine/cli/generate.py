@@ -11,7 +11,6 @@ texts are the same), ``diverged_at[column]`` (the step the chosen tokens first d
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 from .common import (
@@ -39,7 +38,13 @@ def _direction_row(text: str) -> int | str:
 
 def _system_prompt(args: argparse.Namespace) -> str | None:
     if args.system_prompt_file:
-        text = Path(args.system_prompt_file).read_text(encoding="utf-8").strip()
+        from ..atomic import read_regular_file
+
+        raw = read_regular_file(args.system_prompt_file, 1_000_000, what="system prompt file")
+        try:
+            text = raw.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise ValueError(f"{args.system_prompt_file}: the system prompt file is not UTF-8 text") from None
         if not text:
             raise ValueError(f"{args.system_prompt_file} is empty: write the system prompt into it")
         return text

@@ -12,6 +12,7 @@ below keep working whichever module holds the name:
 - ``guard``      the Latent Guard page: scores by method, evaluation, ROC and confusion frames; guard-gated steering
 - ``report``     the Report page: JSON / Markdown report, CSV bytes
 - ``experiments`` the Experiments page: the registry, running one, the committed reproduction results
+- ``limits``     bounded work: row caps on uploads and the time budget of long runs (one place, env overrides)
 
 Contract:
 - No Streamlit import, no torch code and no colours here: every hooked or generating run goes through the engine
@@ -74,13 +75,17 @@ from .guard import (
     method_label,
     method_points,
     method_scores,
+    method_scores_bounded,
     operating_points,
     per_source_frame,
     refusal_baseline,
+    refusal_baseline_bounded,
     roc_frame,
     roc_frames,
     threshold_range,
+    truncate_sets,
 )
+from .limits import Budget, RunBudgetExceeded, cap_rows, check_rows, max_rows, max_run_s
 from .maps import (
     BELIEF_SERIES,
     Inspection,
@@ -147,6 +152,7 @@ __all__ = [
     "POSITIONS",
     "USER_ERRORS",
     "YOUR_PROMPTS",
+    "Budget",
     "ChartSpec",
     "ControlVectorDownload",
     "CosineInterval",
@@ -156,6 +162,7 @@ __all__ = [
     "ModelHandle",
     "ModelSpec",
     "Reference",
+    "RunBudgetExceeded",
     "SteerSettings",
     "StoredResults",
     "available_methods",
@@ -163,7 +170,9 @@ __all__ = [
     "build_reference",
     "bundle_bytes",
     "bundle_key",
+    "cap_rows",
     "capture_instructions",
+    "check_rows",
     "cluster_counts_text",
     "cluster_map",
     "color",
@@ -193,9 +202,12 @@ __all__ = [
     "load_directions",
     "load_handle",
     "load_model",
+    "max_rows",
+    "max_run_s",
     "method_label",
     "method_points",
     "method_scores",
+    "method_scores_bounded",
     "model_choices",
     "model_label",
     "model_status",
@@ -214,6 +226,7 @@ __all__ = [
     "recompute_directions",
     "reference_deltas",
     "refusal_baseline",
+    "refusal_baseline_bounded",
     "report_json",
     "report_markdown",
     "roc_frame",
@@ -235,4 +248,5 @@ __all__ = [
     "token_projection_frame",
     "topk_frame",
     "trace_frame",
+    "truncate_sets",
 ]

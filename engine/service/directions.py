@@ -15,7 +15,9 @@ Contract:
   built-in train prompts) and refuses (``ValueError``) when those prompts do not reproduce the bundle's own cosines
   (an uploaded or recomputed bundle); ``cosine_interval_frame`` is its long-format frame (layer, cosine, low, high).
 - ``recompute_directions(handle, harmful, harmless)`` runs ``engine.precompute.precompute`` on user prompt sets
-  (``ValueError`` when a side is empty).
+  (``ValueError`` when a side is empty, or when they hold more than ``limits.max_rows()`` prompts together); it stops
+  with ``limits.RunBudgetExceeded`` once its ``limits.Budget`` is spent (the replies made so far are in the label
+  cache, so running it again continues from there).
 - ``control_vector_download(bundle, handle, name, coeff, rows)`` is one direction as a llama.cpp GGUF control
   vector (``engine.controlvector``: row l is written as llama.cpp's direction.(l-1)), with its file name, the
   llama.cpp layer numbers and the ``llama-cli`` command; ``ValueError`` for a row without a llama.cpp slot (0, 1) or
@@ -43,6 +45,7 @@ from ..models import ModelHandle
 from ..precompute import PrecomputeResult, cosine_interval, precompute
 from ..progress import Progress
 from ..storage import StorageError, bundle_from_bytes, bundle_to_bytes, check_compatible
+from .limits import Budget, check_rows
 
 __all__ = [
     "ControlVectorDownload",
@@ -198,13 +201,18 @@ def recompute_directions(
     harmless: Sequence[ds.PromptSet],
     *,
     progress: Progress | None = None,
+    budget: Budget | None = None,
 ) -> PrecomputeResult:
-    """Recompute every direction from user prompt sets (labels by greedy generation, cached)."""
+    """Recompute every direction from user prompt sets (labels by greedy generation, cached), within the row cap and
+    the time budget (``engine.service.limits``)."""
     if not harmful or not any(len(p) for p in harmful):
         raise ValueError("upload at least one harmful prompt file with at least one prompt")
     if not harmless or not any(len(p) for p in harmless):
         raise ValueError("upload at least one harmless prompt file with at least one prompt")
-    return precompute(handle, list(harmful), list(harmless), progress=progress)
+    check_rows(sum(len(p) for p in [*harmful, *harmless]), "the uploaded prompt files")
+    budget = budget or Budget()
+    guarded = budget.guard(progress, "Recomputing the directions")
+    return precompute(handle, list(harmful), list(harmless), progress=guarded)
 
 
 @dataclass(frozen=True)

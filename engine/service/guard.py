@@ -15,6 +15,9 @@ Contract:
   readers once on the built-in train split when ``fit``); ``threshold_range`` is a slider range for its scores;
   ``method_scores`` captures once and scores with several methods; ``roc_frames`` / ``method_points`` /
   ``per_source_frame`` are the multi-method ROC curves, operating points and per-source accuracy table.
+- Bounded runs (``engine.service.limits``): ``method_scores_bounded`` / ``refusal_baseline_bounded`` work in chunks
+  of ``limits.CHUNK`` prompts under one ``limits.Budget`` and return what they finished (prompts done, stopped?);
+  ``truncate_sets`` cuts evaluation sets to the first n prompts, so a stopped evaluation keeps its partial result.
 - ``gated_side_by_side`` is guard-gated steering for the Steer page: per row the guard's score and verdict, whether
   the row was steered, the baseline and the gated text (``engine.guard.gated_side_by_side``: one batched generate).
 """
@@ -44,6 +47,7 @@ from ..labels import label_refusals
 from ..models import ModelHandle
 from ..progress import Progress
 from ..steering import GenerationConfig, SteeringSpec
+from .limits import Budget, run_chunked
 
 __all__ = [
     "GUARD_METHODS",
@@ -58,12 +62,15 @@ __all__ = [
     "method_label",
     "method_points",
     "method_scores",
+    "method_scores_bounded",
     "operating_points",
     "per_source_frame",
     "refusal_baseline",
+    "refusal_baseline_bounded",
     "roc_frame",
     "roc_frames",
     "threshold_range",
+    "truncate_sets",
 ]
 
 GUARD_SERIES = "Latent Guard (Δ harmful)"
@@ -289,6 +296,57 @@ def method_scores(
     guards = guard_methods(bundle, methods, handle=handle, fit=fit, progress=progress)
     acts = t_inst_states(handle, bundle, list(instructions), normalize=False, progress=progress)
     return {m: g.score(acts) for m, g in guards.items()}
+
+
+def method_scores_bounded(
+    handle: ModelHandle,
+    bundle: DirectionBundle,
+    instructions: Sequence[str],
+    methods: Sequence[str],
+    budget: Budget,
+    *,
+    fit: bool = True,
+    progress: Progress | None = None,
+) -> tuple[dict[str, np.ndarray], int, bool]:
+    """:func:`method_scores` in chunks under ``budget``: (scores of the first ``done`` prompts, done, stopped?)."""
+    if not instructions:
+        raise ValueError("type or upload at least one prompt")
+    guards = guard_methods(bundle, methods, handle=handle, fit=fit, progress=progress)
+
+    def chunk(part: list[str]) -> dict[str, np.ndarray]:
+        acts = t_inst_states(handle, bundle, part, normalize=False)
+        return {m: g.score(acts) for m, g in guards.items()}
+
+    res = run_chunked(list(instructions), chunk, budget, progress=progress, stage="t_inst states")
+    scores = {m: np.concatenate([r[m] for r in res.results]) for m in guards}
+    return scores, res.done, res.stopped
+
+
+def refusal_baseline_bounded(
+    handle: ModelHandle, instructions: Sequence[str], budget: Budget, progress: Progress | None = None
+) -> tuple[np.ndarray, int, bool]:
+    """:func:`refusal_baseline` in chunks under ``budget`` (replies cached on disk as they are made): (refused of the
+    first ``done`` prompts, done, stopped?)."""
+    res = run_chunked(
+        list(instructions), lambda part: refusal_baseline(handle, part), budget, progress=progress, stage="replies"
+    )
+    refused = np.concatenate(res.results) if res.results else np.zeros(0, dtype=bool)
+    return refused, res.done, res.stopped
+
+
+def truncate_sets(
+    sets: Sequence[tuple[str, Sequence[str], Sequence[bool]]], n: int
+) -> list[tuple[str, list[str], list[bool]]]:
+    """The first ``n`` prompts of the concatenated ``sets`` (sets past them are left out; the last one kept may be
+    cut)."""
+    out, left = [], int(n)
+    for name, insts, truth in sets:
+        if left <= 0:
+            break
+        k = min(left, len(insts))
+        out.append((name, list(insts[:k]), list(truth[:k])))
+        left -= k
+    return out
 
 
 def roc_frames(

@@ -445,7 +445,14 @@ else:
             coeffs = svc.parse_coeffs(coeff_text)
             bar = common.progress_reporter(st, "Sweeping")
             recs = svc.steer_sweep(
-                ctx.handle, _vectors(direction), instructions, sweep_layers, coeffs, settings, progress=bar
+                ctx.handle,
+                _vectors(direction),
+                instructions,
+                sweep_layers,
+                coeffs,
+                settings,
+                progress=bar,
+                budget=svc.Budget(),
             )
             grid, base = svc.sweep_table(recs)
             st.session_state[state.SWEEP_RESULT] = {

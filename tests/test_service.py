@@ -281,6 +281,16 @@ def test_sweep_table_and_cell(tiny, bundle):
         svc.steer_sweep(tiny, bundle.refusal.vectors, ["q"] * 16, [0, 1, 2], list(range(12)), s)
 
 
+def test_sweep_stops_at_the_time_budget(tiny, bundle):
+    """The app's sweep runs under a Budget: a spent budget stops it with one clear error (a ValueError), and a
+    generous one changes nothing."""
+    s = svc.SteerSettings("refusal", (), 1.0, False, "prompt", max_new_tokens=2)
+    args = (tiny, bundle.refusal.vectors, ["a question"], [0, 1], [1.0], s)
+    with pytest.raises(svc.RunBudgetExceeded, match="time budget"):
+        svc.steer_sweep(*args, budget=svc.Budget(seconds=0.0))
+    assert svc.steer_sweep(*args, budget=svc.Budget(seconds=600.0)) == svc.steer_sweep(*args)
+
+
 # ------------------------------------------------------------------------------------------------ clusters / inspect
 def test_reference_and_cluster_map(tiny, reference):
     n = len(reference.records)

@@ -34,6 +34,7 @@ import pandas as pd
 from ..models import ModelHandle
 from ..progress import Progress
 from ..steering import COLUMNS, GenerationConfig, GridBlock, SteeringSpec, TraceSpec, grid, side_by_side
+from .limits import Budget
 
 __all__ = [
     "COLUMNS",
@@ -216,8 +217,12 @@ def steer_sweep(
     coeffs: Sequence[float],
     settings: SteerSettings,
     progress: Progress | None = None,
+    budget: Budget | None = None,
 ) -> list[dict[str, Any]]:
-    """Layers x coefficients grid (``reverse`` flips every coefficient), plus baseline rows (layer None)."""
+    """Layers x coefficients grid (``reverse`` flips every coefficient), plus baseline rows (layer None).
+
+    With ``budget`` (the app passes ``Budget()``), the sweep stops at its next batch once the budget is spent, with
+    :class:`~.limits.RunBudgetExceeded` (one error line on the page)."""
     if not instructions:
         raise ValueError("type at least one instruction (one per line)")
     if not layers:
@@ -239,6 +244,8 @@ def steer_sweep(
         signed,
         positions=settings.positions,
     )
+    if budget is not None:
+        progress = budget.guard(progress, "the sweep")
     return [dict(r) for r in grid(handle, block, settings.generation(), progress=progress)]
 
 

@@ -535,7 +535,9 @@ def bench_umap(h: Any) -> dict[str, Any]:
     return res
 
 
-def bench_precompute(name: str) -> dict[str, Any]:
+def bench_precompute(name: str, dtype: str = "float32") -> dict[str, Any]:
+    """``python -m engine precompute`` in a fresh process with an empty label cache, in ``dtype`` (the CLI's default
+    for precompute is float32, the paper-fidelity setting)."""
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ, STEERING_EXPLORER_CACHE=tmp, TRANSFORMERS_VERBOSITY="error")
         # warm the model cache first so only precompute is timed
@@ -557,6 +559,8 @@ def bench_precompute(name: str) -> dict[str, Any]:
                 "--quiet",
                 "--out",
                 str(Path(tmp) / "out"),
+                "--dtype",
+                dtype,
             ],
             cwd=ROOT,
             env=env,
@@ -698,7 +702,7 @@ def run_one(name: str, h: Any, args: argparse.Namespace) -> dict[str, Any]:
     if name == "app_start":
         return bench_app_start(args.model)
     if name == "precompute":
-        return bench_precompute(args.model)
+        return bench_precompute(args.model, "float32" if args.dtype == "auto" else args.dtype)
     if name == "bandwidth":
         return bench_bandwidth(args.gib, args.repeats)
     if name == "ttft":

@@ -441,3 +441,20 @@ def test_report_markdown_and_json():
     assert ev["rows"][0]["steered_refused"] is True
     assert "Nothing was run" in svc.report_markdown([], {})
     assert svc.csv_bytes([{"a": 1}]).decode().splitlines() == ["a", "1"]
+
+
+def test_load_handle_packs_a_bfloat16_cpu_model_in_the_background():
+    """The app's loader starts the oneDNN packing right after a bfloat16 CPU load (so the first Generate does not pay
+    it); float32 models are left alone. Outputs are unchanged either way (tests/test_packed_linear.py)."""
+    import threading
+
+    from engine.decoding import _PACKED_MODEL
+
+    h = svc.load_handle("tiny-random", dtype="bfloat16")
+    for t in threading.enumerate():
+        if t.name == "pack-linear-weights":
+            t.join(timeout=60)
+    assert getattr(h.model, _PACKED_MODEL, None) is not None
+    f = svc.load_handle("tiny-random", dtype="float32")
+    assert not any(t.name == "pack-linear-weights" and t.is_alive() for t in threading.enumerate())
+    assert getattr(f.model, _PACKED_MODEL, None) is None

@@ -12,16 +12,21 @@ Contract:
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 import time
 from typing import Any
 
+from ..decoding import pack_linear_weights
 from ..directions import DirectionBundle
 from ..models import REGISTRY, ModelError, ModelHandle, ModelSpec, load_model
 from ..models.registry import missing_packages
 from ..precompute import default_directions, load_records, shipped_directions_path
 from ..progress import Progress
 from .core import cluster_counts_text
+
+_log = logging.getLogger(__name__)
 
 __all__ = [
     "MODEL_ENV",
@@ -77,8 +82,22 @@ def install_state(entry: Any) -> str:
 
 
 def load_handle(name: str, device: str = "auto", dtype: str = "auto") -> ModelHandle:
-    """Load a model by name (``default``, ``tiny-random``, an HF id or a local folder)."""
-    return load_model(ModelSpec(name=name.strip(), device=device, dtype=dtype))
+    """Load a model by name (``default``, ``tiny-random``, an HF id or a local folder).
+
+    A bfloat16 CPU model gets its linear weights packed for oneDNN (``engine.decoding.pack_linear_weights``, same
+    outputs) in a background thread right after the load, so the first Generate does not pay the ~3 s of packing;
+    the packing holds the model's lock, so a run started meanwhile simply waits for it."""
+    handle = load_model(ModelSpec(name=name.strip(), device=device, dtype=dtype))
+    if str(handle.dtype) == "torch.bfloat16" and handle.device.type == "cpu":
+        threading.Thread(target=_pack_quietly, args=(handle,), name="pack-linear-weights", daemon=True).start()
+    return handle
+
+
+def _pack_quietly(handle: ModelHandle) -> None:
+    try:
+        pack_linear_weights(handle)
+    except Exception as exc:  # the eager path stays; say so once in the server log
+        _log.warning("packing the linear weights failed (%s); generation uses the unpacked weights", exc)
 
 
 def load_directions(handle: ModelHandle, progress: Progress | None = None) -> tuple[DirectionBundle, str]:

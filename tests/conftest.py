@@ -134,6 +134,13 @@ def check_template_positions(handle, instruction: str, last: str) -> None:
 
 
 @pytest.fixture(autouse=True)
+def _no_umap_warm_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The app's background UMAP compilation (~20 s holding the GIL) would slow whichever AppTest runs beside it;
+    tests/test_umap_warmup.py turns it back on where it is the subject."""
+    monkeypatch.setenv("STEERING_EXPLORER_UMAP_WARMUP", "0")
+
+
+@pytest.fixture(autouse=True)
 def _auto_dtype_is_float32(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     """Unit tests see ``dtype="auto"`` as float32 whatever the CPU (test_models checks the bfloat16 choice with mocked
     CPU flags); integration tests keep the machine's real answer."""

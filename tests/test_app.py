@@ -35,7 +35,7 @@ def app_module_other() -> str:
     return m.group(1)
 
 
-TIMEOUT = 90
+TIMEOUT = 180  # seconds per AppTest run: generous, for a loaded 2-core machine
 
 
 @pytest.fixture(autouse=True)

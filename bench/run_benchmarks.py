@@ -648,11 +648,20 @@ def bench_app_start(name: str) -> dict[str, Any]:
             page.wait_for_timeout(300)
             page.wait_for_function("!document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=120_000)
             res["slider_move_rerun_s"] = time.perf_counter() - t
+            # the first UMAP map of this server process (numba's compilation is warmed in the background at start)
+            t = time.perf_counter()
+            page.get_by_text("UMAP", exact=True).first.click()
+            page.wait_for_timeout(300)
+            page.wait_for_function("!document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=120_000)
+            res["first_umap_s"] = time.perf_counter() - t
             b.close()
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-    res["target"] = "interactive <= 10 s with a warm cache; a slider move must not recompute captures"
+    res["target"] = (
+        "interactive <= 8 s with a warm cache; Clusters in a new process <= 10 s (capture cache); first UMAP <= 3 s;"
+        " a slider move must not recompute captures"
+    )
     return res
 
 

@@ -725,3 +725,30 @@ def test_experiment_outputs_are_written_atomically(handle, data, fake_labels, tm
     files = results_mod.write_files(r, tmp_path / "fig", "x")
     assert [Path(f).name for f in files] == ["x.csv", "x.json"]
     assert "figure failed" in json.loads((tmp_path / "fig" / "x.json").read_text())["notes"][0]
+
+
+def test_reply_inversion_harm_positions_option(handle, data, monkeypatch):
+    """harm_positions: the paper's 'context' by default; 'prompt' steers the harmfulness direction on every prompt
+    token (the refusal direction always is); anything else is one clear error."""
+    from engine.experiments import interventions
+
+    seen: list[tuple[str, str]] = []
+    real = interventions.grid
+
+    def spy(h, blocks, cfg, **kw):
+        seen.extend((b.label, b.positions) for b in blocks)
+        return real(h, blocks, cfg, **kw)
+
+    monkeypatch.setattr(interventions, "grid", spy)
+    E.run_experiment("reply-inversion", handle, data=data, limit=2, max_new_tokens=2, layers=[1])
+    assert seen == [("harmless", "context"), ("harmless", "prompt"), ("harmful", "context"), ("harmful", "prompt")]
+    seen.clear()
+    res = E.run_experiment(
+        "reply-inversion", handle, data=data, limit=2, max_new_tokens=2, layers=[1], harm_positions="prompt"
+    )
+    assert [p for _, p in seen] == ["prompt"] * 4
+    assert any("harm_positions='prompt'" in n for n in res.notes)
+    with pytest.raises(ValueError, match="harm_positions"):
+        E.run_experiment(
+            "reply-inversion", handle, data=data, limit=2, max_new_tokens=2, layers=[1], harm_positions="x"
+        )

@@ -208,20 +208,24 @@ def reply_inversion(
     n_prompts: int,
     question: int | str,
     directions: str,
+    harm_positions: str = "context",
 ) -> tuple[Rows, list[str]]:
     q_text = inversion_question(ctx, question)
     if directions not in ("main", "all"):
         raise ValueError("directions must be 'main' or 'all'")
+    if harm_positions not in ("context", "prompt"):
+        raise ValueError("harm_positions must be 'context' (the paper's code) or 'prompt' (every prompt token)")
     lay = parse_layers(layers, ctx.handle.n_layers)
     cap = ctx.cap(n_prompts)
     sets = {
         "harmless": ctx.records(ctx.data.harmless_test, "harmless", cap),
         "harmful": ctx.records(ctx.data.harmful_test, "harmful", cap),
     }
-    # per prompt set: (direction name, coefficient, positions); the harmfulness direction on the context only
+    # per prompt set: (direction name, coefficient, positions); the harmfulness direction on the context only (the
+    # paper's code) unless harm_positions="prompt" (every prompt token, as the refusal direction)
     plan = {
-        "harmless": [("harmfulness", coeff, "context"), ("refusal", coeff, "prompt")],
-        "harmful": [("-harmfulness", -coeff, "context"), ("-refusal", -coeff, "prompt")],
+        "harmless": [("harmfulness", coeff, harm_positions), ("refusal", coeff, "prompt")],
+        "harmful": [("-harmfulness", -coeff, harm_positions), ("-refusal", -coeff, "prompt")],
     }
     if directions == "all":
         plan["harmless"].append(("-refusal", -coeff, "prompt"))
@@ -268,8 +272,13 @@ def reply_inversion(
     notes = [
         f"question: {q_text!r}; user turn 'User wants to <instruction>\\n<question>' in the chat template",
         f"prompts: {len(sets['harmless'])} harmless test, {len(sets['harmful'])} harmful test; coefficient {coeff} "
-        "(the paper's code); harmfulness direction on the context tokens only ('User wants to ...\\n'), refusal direction "
-        "on every prompt token; prefill only",
+        "(the paper's code); harmfulness direction "
+        + (
+            "on the context tokens only ('User wants to ...\\n', the paper's code)"
+            if harm_positions == "context"
+            else "on every prompt token (harm_positions='prompt'; the paper's code steers the context only)"
+        )
+        + ", refusal direction on every prompt token; prefill only",
         f"one batched generate of {len(res)} rows in {dt:.1f} s; greedy, max_new_tokens {max_new_tokens}, a row stops "
         "once 'ertainly' appears",
         "scoring: contains 'ertainly' -> certainly; else the WORD No/no (regex \\b(No|no)\\b) -> no; else invalid (left out "

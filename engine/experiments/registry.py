@@ -157,6 +157,7 @@ _TABLE: tuple[ExperimentInfo, ...] = (
             "n_prompts": 12,
             "question": 0,
             "directions": "main",
+            "harm_positions": "context",
         },
         chart=ChartSpec(
             "lines",

@@ -208,7 +208,7 @@ def reply_inversion(
     n_prompts: int,
     question: int | str,
     directions: str,
-    harm_positions: str = "context",
+    harm_positions: str,
 ) -> tuple[Rows, list[str]]:
     q_text = inversion_question(ctx, question)
     if directions not in ("main", "all"):

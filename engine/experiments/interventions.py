@@ -198,6 +198,14 @@ def inversion_prompts(handle: ModelHandle, recs: Sequence[dict[str, Any]], q_tex
     return prompts
 
 
+# reply-inversion's harm_positions option: where the harmfulness direction is added (the refusal direction: every
+# prompt token) -> how the run's notes say it
+HARM_POSITIONS = {
+    "context": "on the context tokens only ('User wants to ...\\n', as the paper's code)",
+    "prompt": "on every prompt token (harm_positions='prompt'; the paper's code steers the context only)",
+}
+
+
 def reply_inversion(
     ctx: RunContext,
     *,
@@ -213,7 +221,7 @@ def reply_inversion(
     q_text = inversion_question(ctx, question)
     if directions not in ("main", "all"):
         raise ValueError("directions must be 'main' or 'all'")
-    if harm_positions not in ("context", "prompt"):
+    if harm_positions not in HARM_POSITIONS:
         raise ValueError("harm_positions must be 'context' (the paper's code) or 'prompt' (every prompt token)")
     lay = parse_layers(layers, ctx.handle.n_layers)
     cap = ctx.cap(n_prompts)
@@ -272,13 +280,8 @@ def reply_inversion(
     notes = [
         f"question: {q_text!r}; user turn 'User wants to <instruction>\\n<question>' in the chat template",
         f"prompts: {len(sets['harmless'])} harmless test, {len(sets['harmful'])} harmful test; coefficient {coeff} "
-        "(the paper's code); harmfulness direction "
-        + (
-            "on the context tokens only ('User wants to ...\\n', the paper's code)"
-            if harm_positions == "context"
-            else "on every prompt token (harm_positions='prompt'; the paper's code steers the context only)"
-        )
-        + ", refusal direction on every prompt token; prefill only",
+        f"(the paper's code); harmfulness direction {HARM_POSITIONS[harm_positions]}, refusal direction on every prompt "
+        "token; prefill only",
         f"one batched generate of {len(res)} rows in {dt:.1f} s; greedy, max_new_tokens {max_new_tokens}, a row stops "
         "once 'ertainly' appears",
         "scoring: contains 'ertainly' -> certainly; else the WORD No/no (regex \\b(No|no)\\b) -> no; else invalid (left out "

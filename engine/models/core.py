@@ -212,7 +212,8 @@ NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 def native_bf16_cpu(cpuinfo: Path | None = None) -> bool:
     """True when the CPU computes bfloat16 natively: its ``flags`` (Linux ``/proc/cpuinfo``) list ``avx512_bf16``
     (AVX512-BF16 dot products) or ``amx_bf16`` (AMX tiles). Elsewhere (no such file, other systems) False, so
-    ``auto`` stays float32 where bfloat16 would be emulated and slower."""
+    ``auto`` stays float32 where bfloat16 is converted in software: there decoding can still be faster (half the bytes),
+    but prefill and the first token are slower (BENCHMARKS.md, AVX2-only CPU: 1.66x decode, first token 0.51 -> 1.86 s)."""
     path = CPUINFO if cpuinfo is None else cpuinfo
     try:
         text = path.read_text(encoding="utf-8", errors="replace")

@@ -4,8 +4,8 @@ Run with ``streamlit run app.py`` (``make run``). ``$STEERING_EXPLORER_MODEL`` p
 (``default``: Qwen2.5-Coder-0.5B-Instruct; ``tiny-random``: a random 3-block model for smoke tests).
 Pages live in ``pages/`` and, like this frame, import the engine only through ``engine.service`` (no torch code in
 pages). Every page starts with ``require_frame()`` (pages/_frame.py says why: a fresh server's first deep link would
-otherwise run the page bare, outside this frame). At start it warms UMAP's compilation in a background thread
-(``engine.service.maps.warm_up_umap``; ``STEERING_EXPLORER_UMAP_WARMUP=0`` turns it off).
+otherwise run the page bare, outside this frame). After the first page's run it warms UMAP's compilation in a
+background thread (``engine.service.maps.warm_up_umap``; ``STEERING_EXPLORER_UMAP_WARMUP=0`` turns it off).
 """
 
 from __future__ import annotations
@@ -125,7 +125,10 @@ if spec is not None:
 else:
     st.session_state[state.SPEC] = None  # the pages say "choose a model" instead of running
     page = st.navigation(PAGES)
-# once per server process, after the model load (so it does not slow it), in a low-priority background thread:
-# UMAP's numba compilation (~20 s), so the first Clusters/Inspect map takes about a second
-svc.maps.warm_up_umap()
-page.run()
+try:
+    page.run()
+finally:
+    # once per server process, after the first page's run (so it slows neither the model load nor that page: the
+    # compilation holds the GIL for long stretches), in a low-priority background thread: UMAP's numba compilation
+    # (~20 s), so the first Clusters/Inspect map takes about a second
+    svc.maps.warm_up_umap()

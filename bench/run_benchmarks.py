@@ -3,9 +3,11 @@
 
 Each benchmark writes ``<out>/<name>-<model>[-<dtype>].json`` and prints its result: with ``--json`` one JSON object
 per line on stdout (nothing else; progress goes to stderr), else the same object indented. Medians over repeats.
-Names: hooks, decode, side_by_side, load, sweep, umap, precompute, app_start, bandwidth, ttft, guard, fidelity.
-``--dtype`` (float32 | bfloat16 | auto, default auto: bfloat16 on CPUs with native bf16) is the dtype the model is
-loaded in; ``fidelity`` ignores it (it loads float32, then bfloat16). Torch threads follow the engine's setting
+Names: hooks, decode, side_by_side, load, sweep, umap, precompute, app_start, bandwidth, ttft, guard, fidelity,
+packing_fidelity. ``--dtype`` (float32 | bfloat16 | auto, default auto: bfloat16 on CPUs with native bf16) is the
+dtype the model is loaded in; ``fidelity`` ignores it (it loads float32, then bfloat16), so does ``packing_fidelity``
+(float32). Generation uses the packed linear weights (``engine.packing``) unless ``STEERING_EXPLORER_PACKED_LINEAR=0``;
+each result records ``packed_linear`` (the setting). Torch threads follow the engine's setting
 (``STEERING_EXPLORER_THREADS``, else torch's default). Run on a quiet machine.
 """
 
@@ -70,6 +72,8 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "packed_linear": os.environ.get("STEERING_EXPLORER_PACKED_LINEAR", "1").strip().lower()
+        not in ("0", "false", "no", "off"),
     }
 
 
@@ -434,6 +438,52 @@ def bench_fidelity(
     }
 
 
+def bench_packing_fidelity(
+    name: str, limit: int | None = None, new_tokens: int = 48, batch_size: int = 16
+) -> dict[str, Any]:
+    """Generation with oneDNN-packed linear weights (``engine.packing``) against ``F.linear`` in float32 on the
+    built-in TEST splits: greedy texts and refusal labels identical (share), and the time of each. One model, loaded
+    once; ``STEERING_EXPLORER_PACKED_LINEAR=0`` for the eager run. Captures never use the packed weights, so
+    directions and guard verdicts are identical by construction (tests/test_packed_linear.py checks it)."""
+    from engine import packing
+    from engine.datasets import load_builtin
+    from engine.refusal import refusal_label
+    from engine.steering import generate
+
+    test = [load_builtin(n, "test") for n in ("harmful", "harmless", "harmless_sounds_harmful")]
+    test = [ps.sample(limit, seed=0) if limit is not None and limit < len(ps) else ps for ps in test]
+    insts = [i for ps in test for i in ps.instructions()]
+    h = load_model(ModelSpec(name, dtype="float32"))
+    cfg = GenerationConfig(max_new_tokens=new_tokens, batch_size=batch_size)
+    got: dict[str, Any] = {}
+    for mode in ("eager", "packed"):
+        if mode == "eager":
+            os.environ[packing.PACKED_ENV] = "0"
+        else:
+            os.environ.pop(packing.PACKED_ENV, None)
+        t0 = time.perf_counter()
+        texts = list(generate(h, insts, None, cfg))
+        got[mode] = {"texts": texts, "labels": [refusal_label(t) for t in texts], "s": time.perf_counter() - t0}
+        print(f"packing_fidelity: {mode} done in {got[mode]['s']:.0f} s", file=sys.stderr, flush=True)
+    e, p = got["eager"], got["packed"]
+    same = [a == b for a, b in zip(e["texts"], p["texts"], strict=True)]
+    return {
+        "limit": limit,
+        "n_test": len(insts),
+        "max_new_tokens": new_tokens,
+        "batch_size": batch_size,
+        "packed_layers": packing.packed_layer_count(h),
+        "greedy_texts_identical_share": sum(same) / max(len(same), 1),
+        "refusal_labels_identical_share": sum(a == b for a, b in zip(e["labels"], p["labels"], strict=True))
+        / max(len(same), 1),
+        "differing_rows": [i for i, x in enumerate(same) if not x],
+        "eager_s": e["s"],
+        "packed_s": p["s"],
+        "speedup": e["s"] / max(p["s"], 1e-9),
+        "note": "built-in harmful, harmless, harmless_sounds_harmful test splits, float32, batched as the labeller does",
+    }
+
+
 def bench_load(name: str) -> dict[str, Any]:
     code = (
         f"import time,sys;sys.path.insert(0,{str(ROOT)!r});t=time.perf_counter();from engine.models import load_model;"
@@ -666,7 +716,7 @@ def bench_app_start(name: str) -> dict[str, Any]:
 
 
 MODEL_BENCHES = ("hooks", "decode", "side_by_side", "sweep", "umap", "ttft", "guard")
-ALL = (*MODEL_BENCHES, "load", "app_start", "precompute", "bandwidth", "fidelity")
+ALL = (*MODEL_BENCHES, "load", "app_start", "precompute", "bandwidth", "fidelity", "packing_fidelity")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -720,6 +770,8 @@ def run_one(name: str, h: Any, args: argparse.Namespace) -> dict[str, Any]:
         return bench_guard(h, args.repeats)
     if name == "fidelity":
         return bench_fidelity(args.model, args.limit, **nt)
+    if name == "packing_fidelity":
+        return bench_packing_fidelity(args.model, args.limit, **nt)
     raise SystemExit(f"unknown benchmark {name}")
 
 
@@ -739,7 +791,7 @@ def main(argv: list[str] | None = None) -> None:
         res = {
             "benchmark": name,
             "model": args.model,
-            "dtype": "float32+bfloat16" if name == "fidelity" else dtype,
+            "dtype": {"fidelity": "float32+bfloat16", "packing_fidelity": "float32"}.get(name, dtype),
             "dtype_option": args.dtype,
             "machine": machine(),
             "elapsed_s": time.perf_counter() - t0,

@@ -11,26 +11,16 @@ Contract:
 - ``past_length(hook_kwargs, layer)``: tokens already in the KV cache for a decoder layer (None without a cache), so
   hooks can place absolute positions in a chunk. ``eos_ids`` / ``cache_kw``: the model's end tokens and the name
   of its cache argument. No hooks here (steering lives in ``engine.steering``).
-- Packed weights (bfloat16 on CPU): ``pack_linear_weights(handle)`` gives every ``nn.Linear`` of the model a copy of
-  its weight reordered once for oneDNN (``torch.ops.mkldnn._reorder_linear_weight``) and computes the layer with
-  it (``_linear_pointwise``), instead of letting each call reorder the whole weight again (the LM head: ~2x faster
-  per decode step). Outputs are bit-identical to ``F.linear``: packing checks every layer on a random input and
-  leaves the model as it was if any differs; inputs the packed kernel would compute differently (not contiguous,
-  not bfloat16, needing grad) go through ``F.linear``. Idempotent, once per model (generation calls it); costs a
-  second copy of the linear weights in memory. ``unpack_linear_weights`` undoes it;
-  ``STEERING_EXPLORER_PACKED_LINEAR=0`` turns it off. Float32 and GPU models are left alone.
+- Packed linear weights for generation live in ``engine.packing``.
 """
 
 from __future__ import annotations
 
 import inspect
-import os
-import types
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from .models import ModelHandle
 from .models.core import check_seed
@@ -43,10 +33,8 @@ __all__ = [
     "kl_divergence",
     "last_position",
     "next_tokens",
-    "pack_linear_weights",
     "past_length",
     "top_k",
-    "unpack_linear_weights",
 ]
 
 MAX_NEW_TOKENS_LIMIT = 2048
@@ -156,69 +144,3 @@ def kl_divergence(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tenso
     lp = torch.log_softmax(p_logits.double(), dim=-1)
     lq = torch.log_softmax(q_logits.double(), dim=-1)
     return (lp.exp() * (lp - lq)).sum(-1).clamp(min=0.0)
-
-
-# ------------------------------------------------------------------------------------------------ packed weights
-PACKED_ENV = "STEERING_EXPLORER_PACKED_LINEAR"
-_PACKED = "_se_packed_weight"  # the oneDNN copy, a plain attribute (not in state_dict)
-_PACKED_MODEL = "_se_packed_linears"  # on the model: how many layers are packed (0: tried, not packed)
-
-
-def _packed_forward(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    if x.dtype != torch.bfloat16 or x.device.type != "cpu" or not x.is_contiguous() or x.requires_grad:
-        return F.linear(x, self.weight, self.bias)
-    return torch.ops.mkldnn._linear_pointwise(x, getattr(self, _PACKED), self.bias, "none", [], "")
-
-
-def _packable(model: Any) -> list[torch.nn.Linear]:
-    return [
-        m
-        for m in model.modules()
-        if isinstance(m, torch.nn.Linear) and m.weight.dtype == torch.bfloat16 and m.weight.device.type == "cpu"
-    ]
-
-
-def _supported() -> bool:
-    try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def unpack_linear_weights(handle: ModelHandle) -> None:
-    """Undo :func:`pack_linear_weights`: every layer computes with ``F.linear`` again, the copies are freed."""
-    with handle.lock:
-        for m in handle.model.modules():
-            if isinstance(m, torch.nn.Linear) and hasattr(m, _PACKED):
-                delattr(m, _PACKED)
-                m.__dict__.pop("forward", None)
-        handle.model.__dict__.pop(_PACKED_MODEL, None)
-
-
-@torch.no_grad()
-def pack_linear_weights(handle: ModelHandle) -> int:
-    """Pack the linear weights of a bfloat16 CPU model (see the module docstring); the number of packed layers."""
-    if os.environ.get(PACKED_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
-        return 0
-    model = handle.model
-    done = getattr(model, _PACKED_MODEL, None)
-    if done is not None:
-        return int(done)
-    with handle.lock:
-        done = getattr(model, _PACKED_MODEL, None)
-        if done is not None:
-            return int(done)
-        layers = _packable(model) if _supported() else []
-        gen = torch.Generator().manual_seed(0)
-        try:
-            for m in layers:
-                setattr(m, _PACKED, torch.ops.mkldnn._reorder_linear_weight(m.weight.detach(), 1))
-                m.forward = types.MethodType(_packed_forward, m)  # type: ignore[method-assign]
-                x = torch.randn(2, 3, m.in_features, generator=gen).to(torch.bfloat16)
-                if not torch.equal(m(x), F.linear(x, m.weight, m.bias)):
-                    raise ValueError("packed output differs")
-        except (RuntimeError, ValueError):  # another CPU or torch build: keep the eager path, exactly as it was
-            unpack_linear_weights(handle)
-            layers = []
-        setattr(model, _PACKED_MODEL, len(layers))
-        return len(layers)

@@ -443,18 +443,25 @@ def test_report_markdown_and_json():
     assert svc.csv_bytes([{"a": 1}]).decode().splitlines() == ["a", "1"]
 
 
-def test_load_handle_packs_a_bfloat16_cpu_model_in_the_background():
-    """The app's loader starts the oneDNN packing right after a bfloat16 CPU load (so the first Generate does not pay
-    it); float32 models are left alone. Outputs are unchanged either way (tests/test_packed_linear.py)."""
+def test_load_handle_packs_a_cpu_model_in_the_background(monkeypatch):
+    """The app's loader starts the oneDNN packing right after a float32 (or bfloat16) CPU load, so the first Generate
+    does not pay it; float16 models are left alone. Greedy texts are unchanged (tests/test_packed_linear.py)."""
     import threading
 
-    from engine.decoding import _PACKED_MODEL
+    from engine import packing
 
-    h = svc.load_handle("tiny-random", dtype="bfloat16")
-    for t in threading.enumerate():
-        if t.name == "pack-linear-weights":
-            t.join(timeout=60)
-    assert getattr(h.model, _PACKED_MODEL, None) is not None
-    f = svc.load_handle("tiny-random", dtype="float32")
-    assert not any(t.name == "pack-linear-weights" and t.is_alive() for t in threading.enumerate())
-    assert getattr(f.model, _PACKED_MODEL, None) is None
+    def joined() -> None:
+        for t in threading.enumerate():
+            if t.name == "pack-linear-weights":
+                t.join(timeout=60)
+
+    h = svc.load_handle("tiny-random", dtype="float32")
+    joined()
+    assert packing.packed_layer_count(h)
+    f = svc.load_handle("tiny-random", dtype="float16")
+    joined()
+    assert packing.packed_layer_count(f) is None
+    monkeypatch.setenv(packing.PACKED_ENV, "0")
+    off = svc.load_handle("tiny-random", dtype="float32")
+    joined()
+    assert not packing.packed_layer_count(off)

@@ -35,10 +35,10 @@ from ..decoding import (
     kl_divergence,
     last_position,
     next_tokens,
-    pack_linear_weights,
     top_k,
 )
 from ..models import ModelHandle
+from ..packing import packed_linears
 from ..positions import PromptPositions, locate, pad_batch, position_ids_for, prepare
 from ..progress import Progress, report
 from ..refusal import NONFINITE, FailedGeneration, refusal_label
@@ -80,9 +80,9 @@ def _generate_batch(
     active = torch.arange(b, device=ids.device)
     gen = torch.Generator().manual_seed(int(cfg.seed)) if cfg.do_sample else None
     cache_arg = cache_kw(model)
-    pack_linear_weights(handle)  # bfloat16 on CPU: weights packed once for oneDNN, same outputs (engine.decoding)
     with contextlib.ExitStack() as stack:
         stack.enter_context(handle.lock)
+        stack.enter_context(packed_linears(handle))  # CPU: oneDNN-packed weights while decoding (engine.packing)
         stack.enter_context(hooks(handle, specs, prompts, pads, rows))
         buf = stack.enter_context(trace_hooks(handle, trace)) if trace is not None else None
         cur_mask = mask

@@ -4,8 +4,9 @@ Run with ``streamlit run app.py`` (``make run``). ``$STEERING_EXPLORER_MODEL`` p
 (``default``: Qwen2.5-Coder-0.5B-Instruct; ``tiny-random``: a random 3-block model for smoke tests).
 Pages live in ``pages/`` and, like this frame, import the engine only through ``engine.service`` (no torch code in
 pages). Every page starts with ``require_frame()`` (pages/_frame.py says why: a fresh server's first deep link would
-otherwise run the page bare, outside this frame). After the first page's run it warms UMAP's compilation in a
-background thread (``engine.service.maps.warm_up_umap``; ``STEERING_EXPLORER_UMAP_WARMUP=0`` turns it off).
+otherwise run the page bare, outside this frame). After the first page's run it packs the model's linear weights for
+generation (``engine.service.pack_in_background``) and then warms UMAP's compilation (``engine.service.maps.
+warm_up_umap``; ``STEERING_EXPLORER_UMAP_WARMUP=0`` turns it off), each in a background thread.
 """
 
 from __future__ import annotations
@@ -80,13 +81,13 @@ def _model_picker() -> svc.ModelSpec | None:
         return None
 
 
-def _status(spec: svc.ModelSpec) -> None:
+def _status(spec: svc.ModelSpec) -> svc.ModelHandle | None:
     try:
         handle = common.get_handle(spec)
     except Exception as exc:  # a bad id, missing weights, out of memory: show it, keep the app usable
         st.session_state[state.MODEL_ERROR] = str(exc)
         st.sidebar.error(f"Could not load {spec.name!r}: {exc}")
-        return
+        return None
     st.session_state.pop(state.MODEL_ERROR, None)
     bundle, source = None, ""
     try:
@@ -109,6 +110,7 @@ def _status(spec: svc.ModelSpec) -> None:
                 "Layer convention: row l < L is the residual stream at the input of block l (row 0 = embeddings); "
                 "row L is the last block's output before the final norm. Steering adds c·v[l] at the input of block l."
             )
+    return handle
 
 
 with st.sidebar:
@@ -121,14 +123,17 @@ with st.sidebar:
 if spec is not None:
     st.session_state[state.SPEC] = spec
     page = st.navigation(PAGES)
-    _status(spec)
+    handle = _status(spec)
 else:
     st.session_state[state.SPEC] = None  # the pages say "choose a model" instead of running
     page = st.navigation(PAGES)
+    handle = None
 try:
     page.run()
 finally:
-    # once per server process, after the first page's run (so it slows neither the model load nor that page: the
-    # compilation holds the GIL for long stretches), in a low-priority background thread: UMAP's numba compilation
-    # (~20 s), so the first Clusters/Inspect map takes about a second
-    svc.maps.warm_up_umap()
+    # after the first page's run (so they slow neither the model load nor that page: both hold the GIL for long
+    # stretches), in background threads, one after the other: the linear weights packed for generation (once per
+    # model, engine.packing), then UMAP's numba compilation (~20 s, once per process) so the first Clusters/Inspect
+    # map takes about a second
+    packing = svc.pack_in_background(handle) if handle is not None else None
+    svc.maps.warm_up_umap(after=packing)

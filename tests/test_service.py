@@ -443,25 +443,22 @@ def test_report_markdown_and_json():
     assert svc.csv_bytes([{"a": 1}]).decode().splitlines() == ["a", "1"]
 
 
-def test_load_handle_packs_a_cpu_model_in_the_background(monkeypatch):
-    """The app's loader starts the oneDNN packing right after a float32 (or bfloat16) CPU load, so the first Generate
-    does not pay it; float16 models are left alone. Greedy texts are unchanged (tests/test_packed_linear.py)."""
-    import threading
-
+def test_pack_in_background_packs_a_cpu_model_once(monkeypatch):
+    """What the app starts after its first page: the oneDNN packing of a float32 (or bfloat16) CPU model in a daemon
+    thread, once per model; float16 models are left alone. Greedy texts are unchanged (tests/test_packed_linear.py)."""
     from engine import packing
 
-    def joined() -> None:
-        for t in threading.enumerate():
-            if t.name == "pack-linear-weights":
-                t.join(timeout=60)
-
     h = svc.load_handle("tiny-random", dtype="float32")
-    joined()
+    assert packing.packed_layer_count(h) is None  # loading alone packs nothing
+    th = svc.pack_in_background(h)
+    assert th is not None and th.daemon and svc.pack_in_background(h) is th
+    th.join(timeout=60)
     assert packing.packed_layer_count(h)
     f = svc.load_handle("tiny-random", dtype="float16")
-    joined()
-    assert packing.packed_layer_count(f) is None
+    assert svc.pack_in_background(f) is None and packing.packed_layer_count(f) is None
     monkeypatch.setenv(packing.PACKED_ENV, "0")
     off = svc.load_handle("tiny-random", dtype="float32")
-    joined()
+    th = svc.pack_in_background(off)
+    assert th is not None
+    th.join(timeout=60)
     assert not packing.packed_layer_count(off)

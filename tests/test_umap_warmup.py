@@ -59,6 +59,20 @@ def test_the_warm_up_can_be_turned_off(fresh, monkeypatch, value):
     assert maps.warm_up_umap(lambda: None) is None
 
 
+def test_the_warm_up_waits_for_the_thread_it_follows(fresh):
+    go = threading.Event()
+    before = threading.Thread(target=go.wait, args=(60,), daemon=True)
+    before.start()
+    calls: list[int] = []
+    th = maps.warm_up_umap(lambda: calls.append(1), after=before)
+    assert th is not None
+    time.sleep(0.3)
+    assert not calls and th.is_alive()  # still waiting for `before`
+    go.set()
+    th.join(10)
+    assert calls == [1]
+
+
 def test_the_warm_up_fit_uses_the_real_umap_path():
     pytest.importorskip("umap")
     maps._warm_fit()  # compiles (or reuses) the same kernels a map uses; must not raise
@@ -89,7 +103,13 @@ def test_the_app_starts_the_warm_up_and_does_not_wait_for_it(fresh, monkeypatch)
         assert any(b.label == "Generate" for b in at.button)  # the Steer page rendered
         th = maps._warm_thread
         assert th is not None and th.is_alive()  # the app finished its run while the warm-up still runs
+        from engine.service import models as svc_models
+
+        assert svc_models._pack_threads  # and it started packing the model's weights for generation
         at.run()
+        deadline = time.monotonic() + 60
+        while not calls and time.monotonic() < deadline:  # it starts once the weights are packed
+            time.sleep(0.05)
         assert maps._warm_thread is th and len(calls) == 1  # a rerun starts no second warm-up
     finally:
         release.set()

@@ -114,6 +114,7 @@ from .models import (
     model_choices,
     model_label,
     model_status,
+    pack_in_background,
 )
 from .report import csv_bytes, report_json, report_markdown, to_jsonable
 from .steer import (
@@ -215,6 +216,7 @@ __all__ = [
     "normalizes_instructions",
     "norms_frame",
     "operating_points",
+    "pack_in_background",
     "palette",
     "parse_coeffs",
     "parse_instructions",

@@ -328,7 +328,9 @@ def _lowest_priority() -> None:
         pass
 
 
-def _warm(fit: Callable[[], None]) -> None:
+def _warm(fit: Callable[[], None], after: threading.Thread | None = None) -> None:
+    if after is not None:
+        after.join()
     t0 = time.perf_counter()
     try:
         _lowest_priority()
@@ -339,14 +341,18 @@ def _warm(fit: Callable[[], None]) -> None:
     log.info("UMAP warm-up done in %.1f s", time.perf_counter() - t0)
 
 
-def warm_up_umap(fit: Callable[[], None] | None = None) -> threading.Thread | None:
-    """Start the UMAP warm-up once per process in a daemon thread (see the module docstring); the thread, or None
-    when it is turned off. Later calls return the same thread."""
+def warm_up_umap(
+    fit: Callable[[], None] | None = None, after: threading.Thread | None = None
+) -> threading.Thread | None:
+    """Start the UMAP warm-up once per process in a daemon thread (see the module docstring), after the thread
+    ``after`` (if any) has ended; the thread, or None when it is turned off. Later calls return the same thread."""
     global _warm_thread
     if os.environ.get(WARMUP_ENV, "1").strip() in ("0", "false", "no", "off"):
         return None
     with _warm_lock:
         if _warm_thread is None:
-            _warm_thread = threading.Thread(target=_warm, args=(fit or _warm_fit,), name="umap-warm-up", daemon=True)
+            _warm_thread = threading.Thread(
+                target=_warm, args=(fit or _warm_fit, after), name="umap-warm-up", daemon=True
+            )
             _warm_thread.start()
         return _warm_thread

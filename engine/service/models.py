@@ -82,15 +82,31 @@ def install_state(entry: Any) -> str:
 
 
 def load_handle(name: str, device: str = "auto", dtype: str = "auto") -> ModelHandle:
-    """Load a model by name (``default``, ``tiny-random``, an HF id or a local folder).
+    """Load a model by name (``default``, ``tiny-random``, an HF id or a local folder). See ``pack_in_background``
+    for the packed weights the app prepares after its first page."""
+    return load_model(ModelSpec(name=name.strip(), device=device, dtype=dtype))
 
-    A float32 or bfloat16 CPU model gets its linear weights packed for oneDNN (``engine.packing``: used while
-    generating only) in a background thread right after the load, so the first Generate does not pay the packing
-    (1.3 s for the default model in float32); the packing holds the model's lock, so a run started meanwhile waits."""
-    handle = load_model(ModelSpec(name=name.strip(), device=device, dtype=dtype))
-    if str(handle.dtype) in ("torch.float32", "torch.bfloat16") and handle.device.type == "cpu":
-        threading.Thread(target=_pack_quietly, args=(handle,), name="pack-linear-weights", daemon=True).start()
-    return handle
+
+_pack_threads: dict[int, threading.Thread] = {}
+_pack_lock = threading.Lock()
+
+
+def pack_in_background(handle: ModelHandle) -> threading.Thread | None:
+    """Start packing the linear weights of a float32 or bfloat16 CPU model for oneDNN (``engine.packing``: used while
+    generating only) in a daemon thread, once per model; the thread, or None when there is nothing to pack.
+
+    The app calls it after its first page's run, not right after the load: the packing (1.3 s for the default model
+    in float32) holds the GIL and the model's lock, and started at the load it delayed the first page by ~4 s. A
+    Generate pressed meanwhile waits for the lock; without this call the first generation packs."""
+    if str(handle.dtype) not in ("torch.float32", "torch.bfloat16") or handle.device.type != "cpu":
+        return None
+    with _pack_lock:
+        th = _pack_threads.get(id(handle.model))
+        if th is None:
+            th = threading.Thread(target=_pack_quietly, args=(handle,), name="pack-linear-weights", daemon=True)
+            _pack_threads[id(handle.model)] = th
+            th.start()
+        return th
 
 
 def _pack_quietly(handle: ModelHandle) -> None:

@@ -462,3 +462,25 @@ def test_pack_in_background_packs_a_cpu_model_once(monkeypatch):
     assert th is not None
     th.join(timeout=60)
     assert not packing.packed_layer_count(off)
+
+
+def test_a_process_that_exits_while_packing_exits_cleanly():
+    """A daemon thread inside torch's C++ code at interpreter exit aborts the process ("terminate called without an
+    active exception", exit 134); the service waits for its packing thread at exit instead."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "from engine import service as svc\n"
+        "h = svc.load_handle('tiny-random', dtype='float32')\n"
+        "svc.pack_in_background(h)\n"
+        "print('exiting')\n"
+    )
+    root = Path(__file__).resolve().parent.parent
+    r = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300,
+        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "terminate called" not in r.stderr and r.stdout.strip() == "exiting"

@@ -12,6 +12,7 @@ Contract:
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import threading
@@ -89,6 +90,15 @@ def load_handle(name: str, device: str = "auto", dtype: str = "auto") -> ModelHa
 
 _pack_threads: dict[int, threading.Thread] = {}
 _pack_lock = threading.Lock()
+PACK_EXIT_WAIT_S = 120.0
+
+
+@atexit.register
+def _finish_packing() -> None:
+    """At exit, wait for a packing still running: a daemon thread inside torch's C++ code when the interpreter
+    finalises aborts the process ("terminate called without an active exception")."""
+    for th in list(_pack_threads.values()):
+        th.join(PACK_EXIT_WAIT_S)
 
 
 def pack_in_background(handle: ModelHandle) -> threading.Thread | None:

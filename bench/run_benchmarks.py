@@ -34,6 +34,7 @@ import torch  # noqa: E402
 
 from engine.capture import capture  # noqa: E402
 from engine.models import ModelSpec, load_model, resolve_device, resolve_dtype  # noqa: E402
+from engine.packing import enabled as packing_enabled  # noqa: E402
 from engine.positions import pad_batch, position_ids_for, prepare  # noqa: E402
 from engine.steering import GenerationConfig, SteeringSpec, generate_rows, side_by_side, steer  # noqa: E402
 
@@ -72,8 +73,7 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "packed_linear": os.environ.get("STEERING_EXPLORER_PACKED_LINEAR", "1").strip().lower()
-        not in ("0", "false", "no", "off"),
+        "packed_linear": packing_enabled(),
     }
 
 
@@ -364,6 +364,19 @@ def _layer_cos(a: np.ndarray, b: np.ndarray) -> list[float | None]:
     return [float(n / d) if d > 0 else None for n, d in zip(num, den, strict=True)]
 
 
+def _first_drawn(ps: Any, limit: int | None) -> Any:
+    """The first-drawn ``limit`` prompts of a set (seeded sample), or the whole set."""
+    return ps.sample(limit, seed=0) if limit is not None and limit < len(ps) else ps
+
+
+def _test_instructions(limit: int | None) -> list[str]:
+    """The built-in harmful, harmless and harmless_sounds_harmful TEST splits, each cut to ``limit``."""
+    from engine.datasets import load_builtin
+
+    names = ("harmful", "harmless", "harmless_sounds_harmful")
+    return [i for n in names for i in _first_drawn(load_builtin(n, "test"), limit).instructions()]
+
+
 def bench_fidelity(
     name: str,
     limit: int | None = None,
@@ -375,19 +388,14 @@ def bench_fidelity(
     the float32 directions) and per-layer cosines between the directions each dtype computes from the TRAIN split
     (``engine.precompute``, guard readers off). ``limit`` keeps the first-drawn ``limit`` prompts of each set
     (seeded sample). The model is loaded once per dtype, sequentially; the first is freed before the second."""
-    from engine.datasets import load_builtin
     from engine.guard import guard
     from engine.precompute import builtin_sources, precompute
     from engine.refusal import refusal_label
     from engine.steering import generate
 
-    def cut(ps: Any) -> Any:
-        return ps.sample(limit, seed=0) if limit is not None and limit < len(ps) else ps
-
-    test = [cut(load_builtin(n, "test")) for n in ("harmful", "harmless", "harmless_sounds_harmful")]
-    test_insts = [i for ps in test for i in ps.instructions()]
+    test_insts = _test_instructions(limit)
     harmful, harmless = builtin_sources("train")
-    harmful, harmless = [cut(ps) for ps in harmful], [cut(ps) for ps in harmless]
+    harmful, harmless = [_first_drawn(ps, limit) for ps in harmful], [_first_drawn(ps, limit) for ps in harmless]
     cfg = GenerationConfig(max_new_tokens=new_tokens, batch_size=batch_size)
     got: dict[str, dict[str, Any]] = {}
     ref_guard = None
@@ -446,25 +454,26 @@ def bench_packing_fidelity(
     once; ``STEERING_EXPLORER_PACKED_LINEAR=0`` for the eager run. Captures never use the packed weights, so
     directions and guard verdicts are identical by construction (tests/test_packed_linear.py checks it)."""
     from engine import packing
-    from engine.datasets import load_builtin
     from engine.refusal import refusal_label
     from engine.steering import generate
 
-    test = [load_builtin(n, "test") for n in ("harmful", "harmless", "harmless_sounds_harmful")]
-    test = [ps.sample(limit, seed=0) if limit is not None and limit < len(ps) else ps for ps in test]
-    insts = [i for ps in test for i in ps.instructions()]
+    insts = _test_instructions(limit)
     h = load_model(ModelSpec(name, dtype="float32"))
     cfg = GenerationConfig(max_new_tokens=new_tokens, batch_size=batch_size)
     got: dict[str, Any] = {}
-    for mode in ("eager", "packed"):
-        if mode == "eager":
-            os.environ[packing.PACKED_ENV] = "0"
-        else:
+    before = os.environ.get(packing.PACKED_ENV)
+    try:
+        for mode, setting in (("eager", "0"), ("packed", "1")):
+            os.environ[packing.PACKED_ENV] = setting
+            t0 = time.perf_counter()
+            texts = list(generate(h, insts, None, cfg))
+            got[mode] = {"texts": texts, "labels": [refusal_label(t) for t in texts], "s": time.perf_counter() - t0}
+            print(f"packing_fidelity: {mode} done in {got[mode]['s']:.0f} s", file=sys.stderr, flush=True)
+    finally:  # the setting the run was started with, for the benchmarks after this one
+        if before is None:
             os.environ.pop(packing.PACKED_ENV, None)
-        t0 = time.perf_counter()
-        texts = list(generate(h, insts, None, cfg))
-        got[mode] = {"texts": texts, "labels": [refusal_label(t) for t in texts], "s": time.perf_counter() - t0}
-        print(f"packing_fidelity: {mode} done in {got[mode]['s']:.0f} s", file=sys.stderr, flush=True)
+        else:
+            os.environ[packing.PACKED_ENV] = before
     e, p = got["eager"], got["packed"]
     same = [a == b for a, b in zip(e["texts"], p["texts"], strict=True)]
     return {

@@ -43,6 +43,7 @@ from .models import ModelHandle
 __all__ = [
     "FLOAT32_RTOL",
     "PACKED_ENV",
+    "enabled",
     "pack_linear_weights",
     "packed_layer_count",
     "packed_linears",
@@ -58,6 +59,11 @@ _PACKED = "_se_packed_weight"  # the oneDNN copy, a plain attribute (not in stat
 _PACKED_MODEL = "_se_packed_linears"  # on the model: how many layers are packed (0: tried, not packed)
 _DEPTH = "_se_packed_depth"  # on the model: how many packed_linears blocks are open
 _log = logging.getLogger(__name__)
+
+
+def enabled() -> bool:
+    """False when ``STEERING_EXPLORER_PACKED_LINEAR`` is 0 / false / no / off."""
+    return os.environ.get(PACKED_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 def _packed_forward(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
@@ -109,12 +115,21 @@ def packed_layer_count(handle: ModelHandle) -> int | None:
     return None if done is None else int(done)
 
 
-def _clear(model: Any) -> None:
+def _switch(model: Any, packed: bool) -> None:
+    """Every packed layer computes with its copy (``packed``) or with ``F.linear`` (the class's own forward)."""
     for m in model.modules():
         if isinstance(m, torch.nn.Linear):
-            m.__dict__.pop("forward", None)
-            if hasattr(m, _PACKED):
-                delattr(m, _PACKED)
+            if packed and hasattr(m, _PACKED):
+                m.forward = types.MethodType(_packed_forward, m)  # type: ignore[method-assign]
+            else:
+                m.__dict__.pop("forward", None)
+
+
+def _clear(model: Any) -> None:
+    _switch(model, False)
+    for m in model.modules():
+        if isinstance(m, torch.nn.Linear) and hasattr(m, _PACKED):
+            delattr(m, _PACKED)
 
 
 def unpack_linear_weights(handle: ModelHandle) -> None:
@@ -127,7 +142,7 @@ def unpack_linear_weights(handle: ModelHandle) -> None:
 @torch.no_grad()
 def pack_linear_weights(handle: ModelHandle) -> int:
     """Build the packed copies (see the module docstring); the number of packed layers."""
-    if os.environ.get(PACKED_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
+    if not enabled():
         return 0
     model = handle.model
     done = packed_layer_count(handle)
@@ -175,9 +190,7 @@ def packed_linears(handle: ModelHandle) -> Iterator[int]:
         n = pack_linear_weights(handle)
         depth = int(getattr(model, _DEPTH, 0))
         if n and depth == 0:
-            for m in model.modules():
-                if isinstance(m, torch.nn.Linear) and hasattr(m, _PACKED):
-                    m.forward = types.MethodType(_packed_forward, m)  # type: ignore[method-assign]
+            _switch(model, True)
         setattr(model, _DEPTH, depth + 1)
         try:
             yield n
@@ -185,6 +198,4 @@ def packed_linears(handle: ModelHandle) -> Iterator[int]:
             depth = int(getattr(model, _DEPTH, 1)) - 1
             setattr(model, _DEPTH, depth)
             if depth == 0:
-                for m in model.modules():
-                    if isinstance(m, torch.nn.Linear):
-                        m.__dict__.pop("forward", None)
+                _switch(model, False)

@@ -6,8 +6,9 @@ Contract:
   (PCA: the fitted centring and axes; UMAP: ``UMAP.transform``).
 - PCA is exact and deterministic: data are centred on the fitted mean, the axes are the top two right singular
   vectors, and each axis's sign is fixed so that its largest-magnitude loading is positive.
-- UMAP is imported lazily (``umap-learn`` is heavy: numba JIT compiles on first use, ~10-20 s) and run with a fixed
-  ``random_state`` (single-threaded, so reproducible) and ``n_neighbors`` capped at n - 1.
+- UMAP is imported lazily (``umap-learn`` is heavy: numba JIT compiles on first use, ~23 s on 2 cores; the compiled
+  code is kept in the user cache for later processes, ``engine.umapcache``) and run with a fixed ``random_state``
+  (single-threaded, so reproducible) and ``n_neighbors`` capped at n - 1.
 - Degenerate inputs do not crash: if every row is the same point (e.g. the embedding row at a template token,
   which is identical for every prompt) the embedding is all zeros and ``degenerate`` is True.
 - Input is validated with ``ValueError`` (wrong shape, fewer than 3 points, NaN/inf); nothing here touches torch.
@@ -64,9 +65,14 @@ class Projection:
             if self._mean is None or self._axes is None:
                 raise ValueError("this PCA projection was not fitted (use fit_projection)")
             return (y - self._mean) @ self._axes.T
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return np.asarray(self._umap.transform(y.astype(np.float32)), dtype=np.float64)
+        from .umapcache import run_with_recovery
+
+        def place() -> np.ndarray:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return np.asarray(self._umap.transform(y.astype(np.float32)), dtype=np.float64)
+
+        return run_with_recovery(place)
 
 
 def _pca(X: np.ndarray, seed: int) -> Projection:
@@ -87,15 +93,21 @@ def _pca(X: np.ndarray, seed: int) -> Projection:
 
 
 def _umap(X: np.ndarray, seed: int, n_neighbors: int, min_dist: float) -> Projection:
+    from .umapcache import import_umap, run_with_recovery
+
     try:
-        import umap  # lazy: heavy import, numba JIT
+        umap = import_umap()  # lazy: heavy import, numba JIT (compiled code cached on disk: engine.umapcache)
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ValueError("UMAP needs the package umap-learn (pip install umap-learn); use PCA instead") from exc
     k = max(2, min(int(n_neighbors), len(X) - 1))
     reducer = umap.UMAP(n_neighbors=k, min_dist=min_dist, n_components=2, random_state=seed, n_jobs=1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # n_jobs/random_state and small-n spectral warnings
-        emb = reducer.fit_transform(X.astype(np.float32))
+
+    def fit() -> np.ndarray:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # n_jobs/random_state and small-n spectral warnings
+            return reducer.fit_transform(X.astype(np.float32))
+
+    emb = run_with_recovery(fit)
     return Projection("umap", np.asarray(emb, dtype=np.float64), X.shape[1], seed=seed, n_neighbors=k, _umap=reducer)
 
 

@@ -14,9 +14,10 @@ Contract:
   ``token_projection_frame``, ``reference_deltas`` and ``delta_point`` are the frames the page draws.
 - ``warm_up_umap()`` (called by app.py after the first page's run) imports umap and compiles its numba code once per
   process in a daemon thread (a fit + transform of tiny random data through ``fit_projection``, the thread at the
-  lowest CPU priority where the OS allows it), so a UMAP map asked for after it (~23 s on 2 cores) takes ~1 s instead of ~20 s. It never blocks and never
-  raises: a failure is one log line. ``STEERING_EXPLORER_UMAP_WARMUP=0`` turns it off. (Persisting numba's cache
-  with ``NUMBA_CACHE_DIR`` was measured and saves little: most of umap's kernels are not cacheable.)
+  lowest CPU priority where the OS allows it), so a UMAP map asked for after it takes ~1 s instead of ~20 s. The
+  warm-up takes ~23 s (2 cores) in the first process ever; numba's compiled code is then kept in the user cache
+  (``engine.umapcache``) and later processes need ~3-4 s. It never blocks and never raises: a failure is one log
+  line. ``STEERING_EXPLORER_UMAP_WARMUP=0`` turns it off.
 """
 
 from __future__ import annotations

@@ -633,6 +633,7 @@ def bench_precompute(name: str, dtype: str = "float32") -> dict[str, Any]:
         "wall_s": wall,
         "inner": summary.get("seconds"),
         "n_prompts": summary.get("n_prompts"),
+        "captured_in_labelling": summary.get("captured_in_labelling"),
         "target": "<= 300 s",
         "note": "empty label cache; includes model load",
     }

@@ -28,10 +28,12 @@ from .progress import Progress, report
 __all__ = [
     "LAYER_CONVENTION",
     "ActivationSet",
+    "PrefillStates",
     "capture",
     "capture_tokens",
     "check_rows",
     "record",
+    "recording_positions",
 ]
 
 LAYER_CONVENTION = (
@@ -168,21 +170,48 @@ def capture(
         idx = order[b0 : b0 + batch_size]
         batch = [prompts[i] for i in idx]
         ids, mask, pads = pad_batch(handle, batch)
-        gather = torch.tensor(
-            [[pads[j] + _index_for(p, pos) for pos in positions] for j, p in enumerate(batch)], device=ids.device
-        )
-
-        def select(h: torch.Tensor, gather: torch.Tensor = gather) -> torch.Tensor:
-            g = gather.to(h.device)
-            return h[torch.arange(h.shape[0], device=h.device)[:, None], g].float().cpu()  # (b, P, d)
-
-        with record(handle, None, select=select) as rec:
+        with recording_positions(handle, batch, pads, positions) as collect:
             _backbone(handle)(input_ids=ids, attention_mask=mask, position_ids=position_ids_for(mask), use_cache=False)
-        stacked = torch.stack([rec[r][0] for r in range(R)], dim=2)  # (b, P, R, d)
-        out[idx] = stacked.numpy()
+        out[idx] = collect()
         done += len(idx)
         report(progress, "capturing", done, len(prompts))
     return ActivationSet(acts=out, positions=tuple(str(p) for p in positions), prompts=prompts)
+
+
+@contextlib.contextmanager
+def recording_positions(
+    handle: ModelHandle, batch: Sequence[PromptPositions], pads: Sequence[int], positions: Sequence[str | int]
+) -> Iterator[Callable[[], np.ndarray]]:
+    """``record`` every row (see LAYER_CONVENTION) at ``positions`` of each prompt of a left-padded batch (``pads``
+    from ``pad_batch``) during the body's one forward pass over the whole prompts; yields ``collect()``, which after
+    that pass returns (b, P, L+1, d) CPU float32. ``capture`` and generation's prompt pass (``PrefillStates``) both
+    use it, so they store the same thing."""
+    gather = torch.tensor([[pads[j] + _index_for(p, pos) for pos in positions] for j, p in enumerate(batch)])
+
+    def select(h: torch.Tensor) -> torch.Tensor:
+        g = gather.to(h.device)
+        return h[torch.arange(h.shape[0], device=h.device)[:, None], g].float().cpu()  # (b, P, d)
+
+    with record(handle, None, select=select) as rec:
+
+        def collect() -> np.ndarray:
+            if any(len(rec[r]) != 1 for r in range(handle.n_rows)):
+                raise RuntimeError("recording_positions expects exactly one forward pass over the prompts")
+            return torch.stack([rec[r][0] for r in range(handle.n_rows)], dim=2).numpy()  # (b, P, R, d)
+
+        yield collect
+
+
+@dataclass
+class PrefillStates:
+    """Hidden states recorded by generation's prompt pass (``generate(..., prefill=...)``): for each generated
+    prompt, ``states[instruction]`` is (P, L+1, d) CPU float32 at ``positions``, the same rows and convention as
+    ``capture``. That pass runs the eager model (no packed weights) and no steering, so these are the states
+    ``capture`` computes, up to the float rounding that batch composition brings. Labelling by generation fills it,
+    so precompute need not run the same prompts through the model a second time."""
+
+    positions: tuple[str | int, ...] = ("t_inst", "t_post_inst")
+    states: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @torch.no_grad()

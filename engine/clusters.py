@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import datasets as ds
+from .capture import PrefillStates
 from .labels import DEFAULT_LABEL_TOKENS, label_refusals
 from .models import ModelHandle
 from .progress import Progress, staged
@@ -88,8 +89,10 @@ def label_records(
     batch_size: int = 64,
     progress: Progress | None = None,
     errors: str = "raise",
+    prefill: PrefillStates | None = None,
 ) -> list[dict[str, Any]]:
-    """Label ``records`` in place (refused, response, cluster; ``error`` for failed ones) and return them."""
+    """Label ``records`` in place (refused, response, cluster; ``error`` for failed ones) and return them;
+    ``prefill`` collects the states of the prompts labelled by generation now (``labels.label_refusals``)."""
     labels = label_refusals(
         handle,
         [r["instruction"] for r in records],
@@ -98,6 +101,7 @@ def label_records(
         batch_size=batch_size,
         progress=staged(progress, "labelling"),
         errors=errors,
+        prefill=prefill,
     )
     for r, lab in zip(records, labels, strict=True):
         r["refused"] = lab.refused

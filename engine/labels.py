@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from . import atomic
+from .capture import PrefillStates
 from .models import ModelHandle, cache_dir
 from .positions import pad_batch, position_ids_for, prepare
 from .progress import Progress, report
@@ -260,9 +261,11 @@ def label_refusals(
     progress: Progress | None = None,
     cache: LabelCache | None = None,
     errors: str = "raise",
+    prefill: PrefillStates | None = None,
 ) -> list[Label]:
     """Label each instruction refused/accepted (see module docstring). ``errors``: ``"raise"`` (a
-    :class:`LabelError` when a generation failed) or ``"mark"`` (such labels get ``refused=None`` and ``error``)."""
+    :class:`LabelError` when a generation failed) or ``"mark"`` (such labels get ``refused=None`` and ``error``).
+    ``prefill`` collects the hidden states of the prompts generated now (cached labels generate nothing)."""
     if labeller not in LABELLERS:
         raise ValueError(f"labeller must be one of {LABELLERS}, not {labeller!r}")
     if errors not in ("raise", "mark"):
@@ -322,6 +325,7 @@ def label_refusals(
                 stop_fn=refusal_decided if early_stop else None,
                 progress=prog if progress else None,
                 post_inst=post_inst,
+                prefill=prefill,
             )
             rows = []
             for p, text in zip(part, texts, strict=True):

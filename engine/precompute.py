@@ -2,7 +2,8 @@
 
 Contract:
 - ``precompute(handle, harmful, harmless, ...)`` labels every prompt with the full template (cached), captures
-  t_inst and t_post_inst, and builds, by difference of means (unnormalised unless asked):
+  t_inst and t_post_inst (taken from the labelling's own prompt pass for the prompts it generated for, so each
+  prompt runs through the model once: ``capture.PrefillStates``; a capture for the others), and builds, by difference of means (unnormalised unless asked):
     * ``harmfulness`` = mean(refused harmful at t_inst) - mean(accepted harmless at t_inst)   (paper §3.2)
     * ``refusal``     = mean(refused at t_post_inst) - mean(accepted at t_post_inst); by default refused harmful vs
                         accepted harmless (the paper's default), ``refusal_pool="all"`` pools every refused vs every
@@ -41,7 +42,7 @@ import torch
 
 from . import atomic
 from . import datasets as ds
-from .capture import capture
+from .capture import PrefillStates, capture
 from .clusters import CLUSTERS, label_records, prompt_records, valid_saved_records
 from .directions import CosineInterval, DirectionBundle, DirectionSet, bootstrap_cosine, layer_cosines
 from .labels import DEFAULT_LABEL_TOKENS
@@ -69,6 +70,9 @@ class PrecomputeResult:
     records: list[dict[str, Any]]  # one per prompt: id, set, instruction, harmful, refused, cluster, category, split
     acts: np.ndarray  # (n, 2, L+1, d) at (t_inst, t_post_inst)
     summary: dict[str, Any] = field(default_factory=dict)
+
+
+POSITIONS: tuple[str, str] = ("t_inst", "t_post_inst")  # what precompute captures (acts[:, 0] and acts[:, 1])
 
 
 def shipped_directions_path(name: str = "default") -> Path:
@@ -119,14 +123,20 @@ def precompute(
     if not any(r["harmful"] for r in records) or all(r["harmful"] for r in records):
         raise ValueError("precompute needs at least one harmful and one harmless prompt")
     insts = [r["instruction"] for r in records]
+    # labelling by generation runs every uncached prompt through the model once: keep its states (PrefillStates)
+    prefill = PrefillStates(POSITIONS)
     label_records(
-        handle, records, labeller=labeller, label_tokens=label_tokens, batch_size=label_batch_size, progress=progress
+        handle,
+        records,
+        labeller=labeller,
+        label_tokens=label_tokens,
+        batch_size=label_batch_size,
+        progress=progress,
+        prefill=prefill,
     )
     t_label = time.perf_counter() - t0
-    acts_set = capture(
-        handle, insts, ("t_inst", "t_post_inst"), batch_size=batch_size, progress=staged(progress, "capturing")
-    )
-    acts = acts_set.acts
+    acts = _states(handle, insts, prefill, batch_size, progress)
+    t_capture = time.perf_counter() - t0 - t_label
     a_inst, a_post = acts[:, 0], acts[:, 1]
 
     def mask(pred: Callable[[dict[str, Any]], bool]) -> np.ndarray:
@@ -217,8 +227,11 @@ def precompute(
             meta={"pos": f"harmful/{cat}", "neg": "accepted_harmless"},
         )
     # form confound checks, on the harmless prompts only: the same prompts with and without a trailing period / '?'
-    form = _form_directions(handle, [r["raw"] for r in records if not r["harmful"]], batch_size)
+    t1 = time.perf_counter()
+    known = {inst: acts[i, 0] for i, inst in enumerate(insts)}
+    form = _form_directions(handle, [r["raw"] for r in records if not r["harmful"]], batch_size, known)
     dirs.update(form)
+    t_form = time.perf_counter() - t1
     counts = Counter(r["cluster"] for r in records)
     bundle = DirectionBundle(
         directions=dirs,
@@ -236,7 +249,13 @@ def precompute(
         ),
     )
     cos_hr = layer_cosines(dirs["harmfulness"], dirs["refusal"])
-    summary = {
+    seconds = {
+        "labelling": round(t_label, 1),
+        "capture": round(t_capture, 1),
+        "form": round(t_form, 1),
+        "total": round(time.perf_counter() - t0, 1),  # before the guard readers (seconds["guard_readers"])
+    }
+    summary: dict[str, Any] = {
         "model": handle.spec.name,
         "n_prompts": len(records),
         "clusters": {c: int(counts.get(c, 0)) for c in CLUSTERS},
@@ -252,12 +271,15 @@ def precompute(
         "cluster_fallback": fallback,
         "categories": sorted(k.split(":", 1)[1] for k in dirs if k.startswith("category:")),
         "cosine_ci": cosine_interval(records, acts, refusal_pool=refusal_pool).to_dict(),
-        "seconds": {"labelling": round(t_label, 1), "total": round(time.perf_counter() - t0, 1)},
+        "seconds": seconds,
+        "captured_in_labelling": len(prefill.states),
     }
     bundle.provenance["summary"] = {k: summary[k] for k in ("clusters", "refusal_rate", "n_prompts", "cosine_ci")}
     if guard_readers and min(int(all_h.sum()), int((~all_h).sum())) >= MIN_READER_PROMPTS:
+        t2 = time.perf_counter()
         bundle = _with_guard_readers(bundle, a_inst, all_h, insts, data_prov, progress)
         summary["guard_readers"] = _guard_readers_summary(bundle)
+        seconds["guard_readers"] = round(time.perf_counter() - t2, 1)
     elif guard_readers:
         summary["guard_readers"] = f"skipped: the trained readers need at least {MIN_READER_PROMPTS} prompts per class"
     return PrecomputeResult(bundle=bundle, records=records, acts=acts, summary=summary)
@@ -324,15 +346,49 @@ def cosine_interval(
     return bootstrap_cosine(acts[:, 0], rh, ah, acts[:, 1], ref, acc, n_boot=n_boot, seed=seed, level=level)
 
 
-def _form_directions(handle: ModelHandle, harmless_raw: Sequence[str], batch_size: int) -> dict[str, DirectionSet]:
+def _states(
+    handle: ModelHandle, insts: Sequence[str], prefill: PrefillStates, batch_size: int, progress: Progress | None
+) -> np.ndarray:
+    """(n, 2, L+1, d) at POSITIONS: the labelling's prompt-pass states where it had them, a capture for the rest
+    (prompts whose labels were cached, or labelled by log-odds)."""
+    missing = [i for i, inst in enumerate(insts) if inst not in prefill.states]
+    acts = np.zeros((len(insts), len(POSITIONS), handle.n_rows, handle.hidden_size), dtype=np.float32)
+    for i, inst in enumerate(insts):
+        if inst in prefill.states:
+            acts[i] = prefill.states[inst]
+    if missing:
+        got = capture(
+            handle,
+            [insts[i] for i in missing],
+            POSITIONS,
+            batch_size=batch_size,
+            progress=staged(progress, "capturing"),
+        ).acts
+        acts[missing] = got
+    return acts
+
+
+def _form_directions(
+    handle: ModelHandle,
+    harmless_raw: Sequence[str],
+    batch_size: int,
+    known: dict[str, np.ndarray] | None = None,
+) -> dict[str, DirectionSet]:
+    """Confound directions on the harmless prompts; ``known`` (instruction -> (L+1, d) at t_inst) spares capturing
+    the bare prompts again when precompute already has their states."""
     bare = [ds.normalize_instruction(t) or t for t in harmless_raw]
     bare = [b for b in bare if b][:80]
     if len(bare) < 4:
         return {}
     with_period = [b + "." for b in bare]
     as_question = [b + "?" for b in bare]
-    acts = capture(handle, bare + with_period + as_question, ("t_inst",), batch_size=batch_size).at("t_inst")
+    known = known or {}
+    todo = [t for t in bare if t not in known] + with_period + as_question
+    got = capture(handle, todo, ("t_inst",), batch_size=batch_size).at("t_inst")
+    state = dict(known)
+    state.update(zip(todo, got, strict=True))
     n = len(bare)
+    acts = np.stack([state[t] for t in bare + with_period + as_question])
     a_bare, a_per, a_q = acts[:n], acts[n : 2 * n], acts[2 * n :]
     return {
         "form:punctuation": DirectionSet.from_diff_of_means(

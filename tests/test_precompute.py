@@ -209,3 +209,48 @@ def test_default_directions_computes_then_loads_from_cache(tiny, result, monkeyp
     assert calls == [1, 2]
     assert again.names() == result.bundle.names()
     assert load_bundle(cached[0], tiny).names() == result.bundle.names()
+
+
+def test_labelling_hands_its_prompt_states_to_precompute(tiny, monkeypatch, tmp_path):
+    """With an empty label cache every prompt is generated for, so precompute captures none of them again; the
+    states from the labelling's prompt pass match a capture's (a second run, labels cached, captures them)."""
+    monkeypatch.setenv("STEERING_EXPLORER_CACHE", str(tmp_path))
+    calls: list[int] = []
+    real = pc.capture
+
+    def counting(handle, items, positions, **kw):
+        if tuple(positions) == pc.POSITIONS:
+            calls.append(len(items))
+        return real(handle, items, positions, **kw)
+
+    monkeypatch.setattr(pc, "capture", counting)
+    first = precompute(tiny, [SMALL_HARMFUL], [SMALL_HARMLESS], guard_readers=False)
+    n = len(SMALL_HARMFUL) + len(SMALL_HARMLESS)
+    assert calls == [] and first.summary["captured_in_labelling"] == n
+    second = precompute(tiny, [SMALL_HARMFUL], [SMALL_HARMLESS], guard_readers=False)  # labels cached now
+    assert calls == [n] and second.summary["captured_in_labelling"] == 0
+    assert [r["refused"] for r in first.records] == [r["refused"] for r in second.records]
+    np.testing.assert_allclose(first.acts, second.acts, rtol=1e-4, atol=1e-5)
+    for name in ("harmfulness", "refusal", "form:punctuation"):
+        np.testing.assert_allclose(
+            first.bundle.get(name).vectors, second.bundle.get(name).vectors, rtol=1e-3, atol=1e-5, err_msg=name
+        )
+    assert set(first.summary["seconds"]) >= {"labelling", "capture", "form", "total"}
+
+
+def test_form_directions_reuse_the_bare_states(tiny, monkeypatch):
+    seen: list[list[str]] = []
+    real = pc.capture
+
+    def spy(handle, items, positions, **kw):
+        seen.append(list(items))
+        return real(handle, items, positions, **kw)
+
+    monkeypatch.setattr(pc, "capture", spy)
+    bare = ["cook pasta", "tell me a joke", "write a poem about cats", "plan travel to france"]
+    known = {b: s for b, s in zip(bare, real(tiny, bare, ("t_inst",)).at("t_inst"), strict=True)}
+    with_known = pc._form_directions(tiny, bare, 4, known)
+    assert seen == [[b + "." for b in bare] + [b + "?" for b in bare]]
+    without = pc._form_directions(tiny, bare, 4)
+    for k in with_known:
+        np.testing.assert_allclose(with_known[k].vectors, without[k].vectors, rtol=1e-4, atol=1e-5)

@@ -820,3 +820,36 @@ def test_float32_directions_steer_a_bfloat16_model():
     torch.testing.assert_close(got[1][0], base[1][0] + add, atol=0, rtol=0)
     texts = generate(h, ["cook pasta"] * 2, [None, spec], GenerationConfig(max_new_tokens=4))
     assert all(texts)
+
+
+# ----------------------------------------------------------------------------------------------- prompt-pass states
+def test_prefill_states_are_what_capture_records(tiny, monkeypatch, no_hook_leak):
+    from engine.capture import PrefillStates, capture
+
+    monkeypatch.setenv("STEERING_EXPLORER_PACKED_LINEAR", "0")  # the same weights on both paths: texts must agree
+    pre = PrefillStates(("t_inst", "t_post_inst", -1))
+    texts = generate(tiny, INSTS, None, GenerationConfig(max_new_tokens=8, batch_size=2), prefill=pre)
+    assert texts == generate(tiny, INSTS, None, GenerationConfig(max_new_tokens=8, batch_size=2))
+    assert sorted(pre.states) == sorted(INSTS)
+    ref = capture(tiny, INSTS, ("t_inst", "t_post_inst", -1))
+    for i, inst in enumerate(INSTS):
+        assert pre.states[inst].shape == (3, tiny.n_rows, tiny.hidden_size) and pre.states[inst].dtype == np.float32
+        np.testing.assert_allclose(pre.states[inst], ref.acts[i], rtol=1e-4, atol=1e-5)
+
+
+def test_prefill_states_with_packed_decoding_keep_eager_states(tiny, monkeypatch):
+    from engine.capture import PrefillStates, capture
+
+    monkeypatch.delenv("STEERING_EXPLORER_PACKED_LINEAR", raising=False)
+    pre = PrefillStates()
+    generate(tiny, INSTS[:2], None, GenerationConfig(max_new_tokens=4, batch_size=2), prefill=pre)
+    ref = capture(tiny, INSTS[:2], ("t_inst", "t_post_inst"), batch_size=2)
+    for i, inst in enumerate(INSTS[:2]):
+        np.testing.assert_allclose(pre.states[inst], ref.acts[i], rtol=1e-5, atol=1e-6)
+
+
+def test_prefill_states_need_baseline_rows(tiny, vecs):
+    from engine.capture import PrefillStates
+
+    with pytest.raises(ValueError, match="baseline rows only"):
+        generate(tiny, INSTS[:1], spec(vecs), CFG, prefill=PrefillStates())

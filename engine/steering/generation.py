@@ -10,6 +10,9 @@ Contract:
   pair always share a batch (a pair group larger than ``batch_size`` is an error). Streaming (``on_text``) needs
   every row in one batch: ``generate``'s ``on_text(texts)`` gets the texts after each step, ``generate_rows``'s
   ``on_text(outputs)`` the partial :class:`RowOutput` objects (text, tokens and traces so far).
+- ``prefill=PrefillStates(positions)`` (baseline rows only) records every prompt's residual stream at those
+  positions during the prompt pass, which then runs on the eager weights (the decode steps still use the packed
+  ones): labelling by generation hands precompute the states it would otherwise capture in a second pass.
 - Rows that finish (end-of-turn token, ``stop_fn``) leave the batch at once: their KV-cache rows are dropped and the
   steering and trace hooks follow the remaining rows. ``cfg.use_cache=False`` recomputes the whole sequence every
   step (a check of the cached path). Everything runs under ``handle.lock``; hooks only inside context managers.
@@ -28,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..capture import PrefillStates, recording_positions
 from ..decoding import (
     GenerationConfig,
     cache_kw,
@@ -63,6 +67,7 @@ def _generate_batch(
     compare: Sequence[tuple[int, int]] = (),
     on_text: Callable[[list[RowOutput]], None] | None = None,
     stop_fn: Callable[[str], bool] | None = None,
+    prefill: PrefillStates | None = None,
 ) -> list[RowOutput]:
     """Greedy (or seeded sampling) decoding of one padded batch with per-row steering (see the module docstring)."""
     model, tok = handle.model, handle.tokenizer
@@ -82,18 +87,28 @@ def _generate_batch(
     cache_arg = cache_kw(model)
     with contextlib.ExitStack() as stack:
         stack.enter_context(handle.lock)
-        stack.enter_context(packed_linears(handle))  # CPU: oneDNN-packed weights while decoding (engine.packing)
+        if prefill is None:  # CPU: oneDNN-packed weights while generating (engine.packing)
+            stack.enter_context(packed_linears(handle))
         stack.enter_context(hooks(handle, specs, prompts, pads, rows))
         buf = stack.enter_context(trace_hooks(handle, trace)) if trace is not None else None
         cur_mask = mask
         full = ids
-        out = model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=position_ids_for(mask),
-            use_cache=cfg.use_cache,
-            logits_to_keep=last_position(ids.shape[1], handle.dtype, ids.device),
-        )
+        with contextlib.ExitStack() as prompt_pass:
+            collect = None
+            if prefill is not None:  # the eager model's states, as capture records them (capture.PrefillStates)
+                collect = prompt_pass.enter_context(recording_positions(handle, prompts, pads, prefill.positions))
+            out = model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=position_ids_for(mask),
+                use_cache=cfg.use_cache,
+                logits_to_keep=last_position(ids.shape[1], handle.dtype, ids.device),
+            )
+            if collect is not None and prefill is not None:
+                for p, st in zip(prompts, collect(), strict=True):
+                    prefill.states[p.instruction] = st
+        if prefill is not None:  # the prompt pass ran eagerly; the decode steps use the packed weights
+            stack.enter_context(packed_linears(handle))
         cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
         next_pos = position_ids_for(mask)[:, -1] + 1
         for step in range(cfg.max_new_tokens):
@@ -265,10 +280,13 @@ def _generate_outputs(
     on_text: Callable[[list[RowOutput]], None] | None = None,
     stop_fn: Callable[[str], bool] | None = None,
     progress: Progress | None = None,
+    prefill: PrefillStates | None = None,
 ) -> list[RowOutput]:
     """``generate_rows`` on prepared prompts whose specs were already checked: batches, progress."""
     if on_text is not None and len(prompts) > cfg.batch_size:
         raise ValueError("streaming needs all rows in one batch; raise batch_size or drop on_text")
+    if prefill is not None and any(s is not None for s in specs):
+        raise ValueError("prefill states are the unsteered model's: record them with baseline rows only (specs None)")
     pairs = _check_compare(compare, len(prompts))
     results: list[RowOutput | None] = [None] * len(prompts)
     done = 0
@@ -285,6 +303,7 @@ def _generate_outputs(
             compare=sub,
             on_text=on_text,
             stop_fn=stop_fn,
+            prefill=prefill,
         )
         for g, o in zip(idx, outs, strict=True):
             if o.compared_with is not None:
@@ -304,6 +323,7 @@ def _generate_rows(
     on_text: Callable[[list[str]], None] | None = None,
     stop_fn: Callable[[str], bool] | None = None,
     progress: Progress | None = None,
+    prefill: PrefillStates | None = None,
 ) -> list[str]:
     """``generate`` on prepared prompts whose specs were already checked (the grid's entry point)."""
     cb = None
@@ -312,7 +332,9 @@ def _generate_rows(
         def cb(outs: list[RowOutput]) -> None:
             on_text([o.text for o in outs])
 
-    outs = _generate_outputs(handle, prompts, specs, cfg, on_text=cb, stop_fn=stop_fn, progress=progress)
+    outs = _generate_outputs(
+        handle, prompts, specs, cfg, on_text=cb, stop_fn=stop_fn, progress=progress, prefill=prefill
+    )
     return [o.text for o in outs]
 
 
@@ -336,16 +358,20 @@ def generate(
     stop_fn: Callable[[str], bool] | None = None,
     progress: Progress | None = None,
     post_inst: bool = True,
+    prefill: PrefillStates | None = None,
 ) -> list[str]:
     """Generate for each item with its own steering spec (None = baseline). Returns the generated texts.
 
-    ``on_text`` gets the texts of all rows after each step (only when everything fits in one batch).
+    ``on_text`` gets the texts of all rows after each step (only when everything fits in one batch). ``prefill``
+    (baseline rows only) collects each prompt's hidden states from the prompt pass (``capture.PrefillStates``).
     """
     cfg = cfg or GenerationConfig()
     row_specs = _specs_for(items, specs)
     validate_specs(handle, row_specs)
     prompts = prepare(handle, items, post_inst=post_inst)
-    return _generate_rows(handle, prompts, row_specs, cfg, on_text=on_text, stop_fn=stop_fn, progress=progress)
+    return _generate_rows(
+        handle, prompts, row_specs, cfg, on_text=on_text, stop_fn=stop_fn, progress=progress, prefill=prefill
+    )
 
 
 def generate_rows(

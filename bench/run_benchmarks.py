@@ -4,9 +4,9 @@
 Each benchmark writes ``<out>/<name>-<model>[-<dtype>].json`` and prints its result: with ``--json`` one JSON object
 per line on stdout (nothing else; progress goes to stderr), else the same object indented. Medians over repeats.
 Names: hooks, decode, side_by_side, load, sweep, umap, precompute, app_start, bandwidth, ttft, guard, fidelity,
-packing_fidelity. ``--dtype`` (float32 | bfloat16 | auto, default auto: bfloat16 on CPUs with native bf16) is the
-dtype the model is loaded in; ``fidelity`` ignores it (it loads float32, then bfloat16), so does ``packing_fidelity``
-(float32). Generation uses the packed linear weights (``engine.packing``) unless ``STEERING_EXPLORER_PACKED_LINEAR=0``;
+packing_fidelity, prefill_fidelity. ``--dtype`` (float32 | bfloat16 | auto, default auto: bfloat16 on CPUs with native bf16) is the
+dtype the model is loaded in; ``fidelity`` ignores it (it loads float32, then bfloat16), so do ``packing_fidelity``
+and ``prefill_fidelity`` (float32). Generation uses the packed linear weights (``engine.packing``) unless ``STEERING_EXPLORER_PACKED_LINEAR=0``;
 each result records ``packed_linear`` (the setting). Torch threads follow the engine's setting
 (``STEERING_EXPLORER_THREADS``, else torch's default). Run on a quiet machine.
 """
@@ -594,6 +594,49 @@ def bench_umap(h: Any) -> dict[str, Any]:
     return res
 
 
+def bench_prefill_fidelity(name: str, limit: int | None = None, new_tokens: int = 48) -> dict[str, Any]:
+    """precompute's single pass: the t_inst / t_post_inst states the labelling's prompt pass records
+    (``capture.PrefillStates``, batches of 64 as the labeller runs them) against a separate ``capture`` (batches of
+    16) of the same prompts, float32, on the built-in TRAIN splits (what precompute reads): largest absolute and
+    relative difference, share of bit-identical values, and per row the cosine between the harmful-minus-harmless
+    mean differences computed from each."""
+    from engine.capture import PrefillStates
+    from engine.datasets import load_builtin
+    from engine.labels import label_refusals
+    from engine.precompute import POSITIONS
+
+    h = load_model(ModelSpec(name, dtype="float32"))
+    sets = {n: _first_drawn(load_builtin(n, "train"), limit).instructions() for n in ("harmful", "harmless")}
+    insts = sets["harmful"] + sets["harmless"]
+    pre = PrefillStates(POSITIONS)
+    t0 = time.perf_counter()
+    label_refusals(h, insts, max_new_tokens=new_tokens, use_cache=False, prefill=pre)
+    t_label = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ref = capture(h, insts, POSITIONS).acts
+    t_capture = time.perf_counter() - t0
+    got = np.stack([pre.states[i] for i in insts])
+    diff = np.abs(got - ref)
+    n_h = len(sets["harmful"])
+    cosines = []
+    for pos in range(len(POSITIONS)):
+        for r in range(1, h.n_rows):  # row 0 (embeddings) is the same lookup either way
+            a = got[:n_h, pos, r].mean(0) - got[n_h:, pos, r].mean(0)
+            b = ref[:n_h, pos, r].mean(0) - ref[n_h:, pos, r].mean(0)
+            cosines.append(float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))))
+    return {
+        "limit": limit,
+        "n_prompts": len(insts),
+        "max_abs_diff": float(diff.max()),
+        "max_rel_diff": float((diff / np.abs(ref).max(axis=-1, keepdims=True)).max()),
+        "bit_identical_share": float((got == ref).mean()),
+        "min_cosine_mean_difference": min(cosines),
+        "labelling_s": t_label,
+        "capture_s": t_capture,
+        "note": "labelling with use_cache=False; the capture is the pass precompute no longer runs for these prompts",
+    }
+
+
 def bench_precompute(name: str, dtype: str = "float32") -> dict[str, Any]:
     """``python -m engine precompute`` in a fresh process with an empty label cache, in ``dtype`` (the CLI's default
     for precompute is float32, the paper-fidelity setting)."""
@@ -654,6 +697,11 @@ def bench_app_start(name: str) -> dict[str, Any]:
     port = s.getsockname()[1]
     s.close()
     env = dict(os.environ, STEERING_EXPLORER_MODEL=name)
+    from engine.models.core import cache_dir
+    from engine.umapcache import SUBFOLDER
+
+    # UMAP's compiled numba code in the user cache (engine.umapcache): empty = this is the first process to compile it
+    numba_files = len(list((cache_dir() / SUBFOLDER).rglob("*.nbc")))
     t0 = time.perf_counter()
     proc = subprocess.Popen(
         [
@@ -708,7 +756,8 @@ def bench_app_start(name: str) -> dict[str, Any]:
             page.wait_for_timeout(300)
             page.wait_for_function("!document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=120_000)
             res["slider_move_rerun_s"] = time.perf_counter() - t
-            # the first UMAP map of this server process (numba's compilation is warmed in the background at start)
+            # the first UMAP map of this server process (the background warm-up compiles numba's code, or reads it
+            # from the user cache: umap_numba_cache_files says which)
             # done = the map's "Projecting ... (UMAP)" spinner has appeared and is gone again, and Streamlit's running
             # indicator is gone; a map that never shows the spinner within 5 s counts as done at once. (Waiting only
             # for the running indicator to clear can look before the rerun starts and read 0.4 s for a 20 s map.)
@@ -730,6 +779,7 @@ def bench_app_start(name: str) -> dict[str, Any]:
                     break
             res["first_umap_spinner_seen"] = seen
             res["first_umap_s"] = time.perf_counter() - t
+            res["umap_numba_cache_files"] = numba_files
             b.close()
     finally:
         proc.terminate()
@@ -742,7 +792,16 @@ def bench_app_start(name: str) -> dict[str, Any]:
 
 
 MODEL_BENCHES = ("hooks", "decode", "side_by_side", "sweep", "umap", "ttft", "guard")
-ALL = (*MODEL_BENCHES, "load", "app_start", "precompute", "bandwidth", "fidelity", "packing_fidelity")
+ALL = (
+    *MODEL_BENCHES,
+    "load",
+    "app_start",
+    "precompute",
+    "bandwidth",
+    "fidelity",
+    "packing_fidelity",
+    "prefill_fidelity",
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -798,6 +857,8 @@ def run_one(name: str, h: Any, args: argparse.Namespace) -> dict[str, Any]:
         return bench_fidelity(args.model, args.limit, **nt)
     if name == "packing_fidelity":
         return bench_packing_fidelity(args.model, args.limit, **nt)
+    if name == "prefill_fidelity":
+        return bench_prefill_fidelity(args.model, args.limit, **nt)
     raise SystemExit(f"unknown benchmark {name}")
 
 
@@ -817,7 +878,9 @@ def main(argv: list[str] | None = None) -> None:
         res = {
             "benchmark": name,
             "model": args.model,
-            "dtype": {"fidelity": "float32+bfloat16", "packing_fidelity": "float32"}.get(name, dtype),
+            "dtype": {"fidelity": "float32+bfloat16", "packing_fidelity": "float32", "prefill_fidelity": "float32"}.get(
+                name, dtype
+            ),
             "dtype_option": args.dtype,
             "machine": machine(),
             "elapsed_s": time.perf_counter() - t0,

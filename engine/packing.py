@@ -19,7 +19,8 @@ Contract:
   the block the packed layers compute with their copies; on exit (always, also on errors) every layer computes with
   ``F.linear`` again. Generation (``engine.steering.generation``) is the only user: captures, directions, Clusters,
   the guard and log-odds labels never run inside it, so every hidden state the product reports is what the eager
-  model computes, bit for bit, packed or not. Blocks may nest. Inputs the packed kernel would compute differently
+  model computes, bit for bit, packed or not (a generation that records its prompt pass's states for precompute,
+  ``capture.PrefillStates``, enters the block only after that pass). Blocks may nest. Inputs the packed kernel would compute differently
   (another dtype, not contiguous, needing grad, not on the CPU) go through ``F.linear`` inside the block too.
 - oneDNN's reorder takes a batch-size hint: 2 for float32 (one and two rows both fast, see above; 1 would make two
   rows cost 1.7x one), 1 for bfloat16 (bit-identical to ``F.linear``, which uses oneDNN itself).

@@ -42,7 +42,7 @@ import torch
 from . import atomic
 from .capture import PrefillStates
 from .models import ModelHandle, cache_dir
-from .positions import pad_batch, position_ids_for, prepare
+from .positions import PromptPositions, pad_batch, position_ids_for, prepare
 from .progress import Progress, report
 from .refusal import REFUSAL_STARTS, FailedGeneration, refusal_decided, refusal_label
 from .steering import GenerationConfig, generate
@@ -55,6 +55,7 @@ __all__ = [
     "LabelError",
     "agreement",
     "label_refusals",
+    "prompt_states",
     "refusal_logodds",
     "refusal_start_token_ids",
 ]
@@ -265,7 +266,8 @@ def label_refusals(
 ) -> list[Label]:
     """Label each instruction refused/accepted (see module docstring). ``errors``: ``"raise"`` (a
     :class:`LabelError` when a generation failed) or ``"mark"`` (such labels get ``refused=None`` and ``error``).
-    ``prefill`` collects the hidden states of the prompts generated now (cached labels generate nothing)."""
+    ``prefill`` collects the prompt pass's hidden states when every prompt is generated now (``prompt_states``
+    computes the same states, bit for bit, when some labels were cached; then ``prefill`` is left as it was)."""
     if labeller not in LABELLERS:
         raise ValueError(f"labeller must be one of {LABELLERS}, not {labeller!r}")
     if errors not in ("raise", "mark"):
@@ -304,17 +306,19 @@ def label_refusals(
     n_cached = len(instructions) - len(todo)
     report(progress, "labelling", n_cached, len(instructions))
     if todo:
-        uniq = list(dict.fromkeys(instructions[i] for i in todo))
         # tokenise (and check) every prompt before generating anything; sort by length so the chunks pad little
-        prepared = sorted(prepare(handle, uniq, post_inst=post_inst), key=lambda p: p.n_tokens)
+        chunks = _chunks(handle, [instructions[i] for i in todo], post_inst)
+        n_prepared = sum(len(c) for c in chunks)
         cfg = GenerationConfig(max_new_tokens=max_new_tokens, batch_size=min(batch_size, SAVE_EVERY))
+        # the prompt pass's states are kept only when it covers every prompt: its chunks are then prompt_states' ones
+        record = prefill if len(todo) == len(instructions) else None
         by_inst: dict[str, str] = {}
         # generate in chunks of SAVE_EVERY and write each chunk to the cache at once: an interruption loses little
-        for c0 in range(0, len(prepared), SAVE_EVERY):
-            part = prepared[c0 : c0 + SAVE_EVERY]
+        for k, part in enumerate(chunks):
+            c0 = k * SAVE_EVERY
 
             def prog(_stage: str, done: int, total: int, c0: int = c0) -> None:
-                frac = (c0 + done) / max(len(prepared), 1)
+                frac = (c0 + done) / max(n_prepared, 1)
                 report(progress, "labelling", n_cached + int(frac * len(todo)), len(instructions))
 
             texts = generate(
@@ -325,7 +329,7 @@ def label_refusals(
                 stop_fn=refusal_decided if early_stop else None,
                 progress=prog if progress else None,
                 post_inst=post_inst,
-                prefill=prefill,
+                prefill=record,
             )
             rows = []
             for p, text in zip(part, texts, strict=True):
@@ -342,6 +346,34 @@ def label_refusals(
     labs = [x for x in out if x is not None]
     _check_errors(labs, errors)
     return labs
+
+
+def _chunks(handle: ModelHandle, instructions: Sequence[str], post_inst: bool) -> list[list[PromptPositions]]:
+    """The distinct prompts, tokenised, sorted by length (stable), in chunks of SAVE_EVERY: how labelling batches."""
+    prepared = sorted(prepare(handle, list(dict.fromkeys(instructions)), post_inst=post_inst), key=lambda p: p.n_tokens)
+    return [prepared[c0 : c0 + SAVE_EVERY] for c0 in range(0, len(prepared), SAVE_EVERY)]
+
+
+def prompt_states(
+    handle: ModelHandle,
+    instructions: Sequence[str],
+    prefill: PrefillStates,
+    *,
+    batch_size: int = 64,
+    post_inst: bool = True,
+    progress: Progress | None = None,
+) -> PrefillStates:
+    """Fill ``prefill`` with every instruction's prompt-pass states, batched exactly as ``label_refusals`` batches
+    them when none of them is cached (same chunks, same rows per batch, one generated token): the states are then
+    bit-identical to the ones that labelling records, whatever the label cache held."""
+    chunks = _chunks(handle, instructions, post_inst)
+    cfg = GenerationConfig(max_new_tokens=1, batch_size=min(batch_size, SAVE_EVERY))
+    done = 0
+    for part in chunks:
+        generate(handle, part, None, cfg, post_inst=post_inst, prefill=prefill)
+        done += len(part)
+        report(progress, "capturing", done, sum(len(c) for c in chunks))
+    return prefill
 
 
 NONFINITE_SCORE = "the refusal log-odds is NaN or inf (non-finite logits); use --dtype float32"

@@ -2,8 +2,9 @@
 
 Contract:
 - ``precompute(handle, harmful, harmless, ...)`` labels every prompt with the full template (cached), captures
-  t_inst and t_post_inst (taken from the labelling's own prompt pass for the prompts it generated for, so each
-  prompt runs through the model once: ``capture.PrefillStates``; a capture for the others), and builds, by difference of means (unnormalised unless asked):
+  t_inst and t_post_inst from the labelling's own prompt pass (``capture.PrefillStates``: each prompt runs through
+  the model once; with labels cached, ``labels.prompt_states`` runs the same pass, so the result does not depend on
+  the label cache, bit for bit), and builds, by difference of means (unnormalised unless asked):
     * ``harmfulness`` = mean(refused harmful at t_inst) - mean(accepted harmless at t_inst)   (paper §3.2)
     * ``refusal``     = mean(refused at t_post_inst) - mean(accepted at t_post_inst); by default refused harmful vs
                         accepted harmless (the paper's default), ``refusal_pool="all"`` pools every refused vs every
@@ -45,7 +46,7 @@ from . import datasets as ds
 from .capture import PrefillStates, capture
 from .clusters import CLUSTERS, label_records, prompt_records, valid_saved_records
 from .directions import CosineInterval, DirectionBundle, DirectionSet, bootstrap_cosine, layer_cosines
-from .labels import DEFAULT_LABEL_TOKENS
+from .labels import DEFAULT_LABEL_TOKENS, prompt_states
 from .models import REGISTRY, ModelHandle, cache_dir
 from .progress import Progress, staged
 from .resources import ASSETS_DIR
@@ -135,7 +136,7 @@ def precompute(
         prefill=prefill,
     )
     t_label = time.perf_counter() - t0
-    acts = _states(handle, insts, prefill, batch_size, progress)
+    acts = _states(handle, insts, prefill, label_batch_size, progress)
     t_capture = time.perf_counter() - t0 - t_label
     a_inst, a_post = acts[:, 0], acts[:, 1]
 
@@ -347,25 +348,16 @@ def cosine_interval(
 
 
 def _states(
-    handle: ModelHandle, insts: Sequence[str], prefill: PrefillStates, batch_size: int, progress: Progress | None
+    handle: ModelHandle, insts: Sequence[str], prefill: PrefillStates, label_batch_size: int, progress: Progress | None
 ) -> np.ndarray:
-    """(n, 2, L+1, d) at POSITIONS: the labelling's prompt-pass states where it had them, a capture for the rest
-    (prompts whose labels were cached, or labelled by log-odds)."""
-    missing = [i for i, inst in enumerate(insts) if inst not in prefill.states]
-    acts = np.zeros((len(insts), len(POSITIONS), handle.n_rows, handle.hidden_size), dtype=np.float32)
-    for i, inst in enumerate(insts):
-        if inst in prefill.states:
-            acts[i] = prefill.states[inst]
-    if missing:
-        got = capture(
-            handle,
-            [insts[i] for i in missing],
-            POSITIONS,
-            batch_size=batch_size,
-            progress=staged(progress, "capturing"),
-        ).acts
-        acts[missing] = got
-    return acts
+    """(n, 2, L+1, d) at POSITIONS from the labelling's prompt pass; when it did not cover every prompt (labels
+    cached, or the log-odds labeller), ``labels.prompt_states`` runs that pass with the same batches, so the states
+    (and the directions) are bit-identical whatever the label cache held."""
+    if any(inst not in prefill.states for inst in insts):
+        prefill = prompt_states(
+            handle, insts, PrefillStates(POSITIONS), batch_size=label_batch_size, progress=staged(progress, "capturing")
+        )
+    return np.stack([prefill.states[inst] for inst in insts]).astype(np.float32, copy=False)
 
 
 def _form_directions(

@@ -12,21 +12,21 @@ Contract:
 - ``enable_numba_cache(folder, prefixes)`` points every numba dispatcher defined at the top level of the loaded
   modules whose names start with ``prefixes`` and that has no cache of its own at ``folder``; returns how many.
   Dispatchers declared ``cache=True`` (most of pynndescent) keep numba's own place for them. Calling it again
-  re-points them (tests). Before that, index files (``*.nbi``) that do not unpickle are deleted, one warning.
+  re-points them (tests).
 - Numba keys an entry by the function's source file stamp, its signature and the CPU's features, so an upgraded
   package or another CPU compiles anew instead of loading stale code; numba writes each file through a temporary
   file and a rename, so a killed process leaves no half-written entry. Entries are numba's own format (pickle),
   read only from this user's cache folder, like numba's default ``__pycache__`` cache.
-- ``run_with_recovery(fn)`` calls ``fn``; if it raises while the cache folder holds files (a damaged data file
-  fails inside numba's loader), the folder is emptied with one warning and ``fn`` is called once more, so a damaged
-  cache costs one recompilation, never a failed map. With no cached files the error propagates unchanged.
+- ``run_with_recovery(fn)`` calls ``fn``; if it raises while the cache folder holds files (a damaged index or data
+  file fails inside numba's loader), the folder is emptied with one warning and ``fn`` is called once more, so a
+  damaged cache costs one recompilation, never a failed map. With no cached files the error propagates unchanged.
+  (This module reads no cache file itself: numba does.)
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import pickle
 import shutil
 import sys
 import threading
@@ -59,22 +59,6 @@ def cache_folder() -> Path | None:
     return _folder
 
 
-def _drop_bad_indexes(folder: Path) -> int:
-    """Delete index files that do not unpickle (numba would raise on them); how many were deleted."""
-    bad = 0
-    for f in folder.rglob("*.nbi"):
-        try:
-            with f.open("rb") as fh:
-                pickle.load(fh)  # numba's version string
-                pickle.loads(fh.read())  # (source stamp, overloads)
-        except Exception:
-            f.unlink(missing_ok=True)
-            bad += 1
-    if bad:
-        log.warning("removed %d damaged numba index file(s) from %s; those functions compile again", bad, folder)
-    return bad
-
-
 def enable_numba_cache(folder: Path, prefixes: Sequence[str] = PREFIXES) -> int:
     """Point the uncached numba dispatchers of the loaded modules named ``prefixes*`` at ``folder`` (see module
     docstring); how many were pointed there."""
@@ -85,7 +69,6 @@ def enable_numba_cache(folder: Path, prefixes: Sequence[str] = PREFIXES) -> int:
 
     config: Any = numba_config  # CACHE_DIR is set at run time; typed loosely for mypy
     folder.mkdir(parents=True, exist_ok=True)
-    _drop_bad_indexes(folder)
     before = config.CACHE_DIR
     config.CACHE_DIR = str(folder)  # numba's locator reads it when a cache is made, below
     n = 0

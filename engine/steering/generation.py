@@ -93,10 +93,13 @@ def _generate_batch(
         buf = stack.enter_context(trace_hooks(handle, trace)) if trace is not None else None
         cur_mask = mask
         full = ids
-        with contextlib.ExitStack() as prompt_pass:
-            collect = None
-            if prefill is not None:  # the eager model's states, as capture records them (capture.PrefillStates)
-                collect = prompt_pass.enter_context(recording_positions(handle, prompts, pads, prefill.positions))
+        # with ``prefill``: the eager model's states, recorded as capture records them (capture.PrefillStates)
+        recording = (
+            recording_positions(handle, prompts, pads, prefill.positions)
+            if prefill is not None
+            else contextlib.nullcontext(None)
+        )
+        with recording as collect:
             out = model(
                 input_ids=ids,
                 attention_mask=mask,

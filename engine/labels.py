@@ -45,7 +45,7 @@ from .models import ModelHandle, cache_dir
 from .positions import PromptPositions, pad_batch, position_ids_for, prepare
 from .progress import Progress, report
 from .refusal import REFUSAL_STARTS, FailedGeneration, refusal_decided, refusal_label
-from .steering import GenerationConfig, generate
+from .steering import GenerationConfig, generate, prompt_pass
 
 __all__ = [
     "LABELLERS",
@@ -364,13 +364,12 @@ def prompt_states(
     progress: Progress | None = None,
 ) -> PrefillStates:
     """Fill ``prefill`` with every instruction's prompt-pass states, batched exactly as ``label_refusals`` batches
-    them when none of them is cached (same chunks, same rows per batch, one generated token): the states are then
-    bit-identical to the ones that labelling records, whatever the label cache held."""
+    them when none of them is cached (same chunks, same rows per batch; ``steering.prompt_pass``, no decoding): the
+    states are then bit-identical to the ones that labelling records, whatever the label cache held."""
     chunks = _chunks(handle, instructions, post_inst)
-    cfg = GenerationConfig(max_new_tokens=1, batch_size=min(batch_size, SAVE_EVERY))
     done = 0
     for part in chunks:
-        generate(handle, part, None, cfg, post_inst=post_inst, prefill=prefill)
+        prompt_pass(handle, part, prefill, batch_size=min(batch_size, SAVE_EVERY), post_inst=post_inst)
         done += len(part)
         report(progress, "capturing", done, sum(len(c) for c in chunks))
     return prefill

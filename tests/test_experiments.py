@@ -46,8 +46,10 @@ REAL_LABEL = labels_mod.label_refusals
 CATS = ["weapons", "fraud", "drugs"]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def cache_root(tmp_path_factory):
+    """This module's cache folder, the env set to it for the module's fixtures only (session scope leaked it into
+    the module fixtures of every later test file)."""
     root = tmp_path_factory.mktemp("cache")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("STEERING_EXPLORER_CACHE", str(root))
@@ -59,7 +61,7 @@ def _env(cache_root, monkeypatch):
     monkeypatch.setenv("STEERING_EXPLORER_CACHE", str(cache_root))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def handle(cache_root):
     from engine.models import load_model
 

@@ -853,3 +853,15 @@ def test_prefill_states_need_baseline_rows(tiny, vecs):
 
     with pytest.raises(ValueError, match="baseline rows only"):
         generate(tiny, INSTS[:1], spec(vecs), CFG, prefill=PrefillStates())
+
+
+def test_prompt_pass_records_what_generation_records_bit_for_bit(tiny):
+    from engine.capture import PrefillStates
+    from engine.steering import prompt_pass
+
+    a, b = PrefillStates(), PrefillStates()
+    generate(tiny, INSTS, None, GenerationConfig(max_new_tokens=3, batch_size=2), prefill=a)
+    prompt_pass(tiny, INSTS, b, batch_size=2)
+    assert sorted(a.states) == sorted(b.states) == sorted(INSTS)
+    for inst in INSTS:
+        np.testing.assert_array_equal(a.states[inst], b.states[inst])

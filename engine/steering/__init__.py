@@ -29,7 +29,7 @@ Contract (kept from the single module this package replaces):
 from __future__ import annotations
 
 from ..decoding import GenerationConfig
-from .generation import COLUMNS, generate, generate_rows, side_by_side
+from .generation import COLUMNS, generate, generate_rows, prompt_pass, side_by_side
 from .grid import LAYER_MODES, GridBlock, GridRecord, grid
 from .hooks import RowSelection, steer
 from .spec import ALL_LAYERS, OPERATIONS, POSITION_MODES, SteeringSpec
@@ -51,6 +51,7 @@ __all__ = [
     "generate",
     "generate_rows",
     "grid",
+    "prompt_pass",
     "side_by_side",
     "steer",
 ]

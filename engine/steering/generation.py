@@ -13,6 +13,8 @@ Contract:
 - ``prefill=PrefillStates(positions)`` (baseline rows only) records every prompt's residual stream at those
   positions during the prompt pass, which then runs on the eager weights (the decode steps still use the packed
   ones): labelling by generation hands precompute the states it would otherwise capture in a second pass.
+  ``prompt_pass(handle, items, prefill, batch_size=...)`` is that pass alone (same batches and forward call, no
+  decoding): the same states, bit for bit.
 - Rows that finish (end-of-turn token, ``stop_fn``) leave the batch at once: their KV-cache rows are dropped and the
   steering and trace hooks follow the remaining rows. ``cfg.use_cache=False`` recomputes the whole sequence every
   step (a check of the cached path). Everything runs under ``handle.lock``; hooks only inside context managers.
@@ -93,23 +95,7 @@ def _generate_batch(
         buf = stack.enter_context(trace_hooks(handle, trace)) if trace is not None else None
         cur_mask = mask
         full = ids
-        # with ``prefill``: the eager model's states, recorded as capture records them (capture.PrefillStates)
-        recording = (
-            recording_positions(handle, prompts, pads, prefill.positions)
-            if prefill is not None
-            else contextlib.nullcontext(None)
-        )
-        with recording as collect:
-            out = model(
-                input_ids=ids,
-                attention_mask=mask,
-                position_ids=position_ids_for(mask),
-                use_cache=cfg.use_cache,
-                logits_to_keep=last_position(ids.shape[1], handle.dtype, ids.device),
-            )
-            if collect is not None and prefill is not None:
-                for p, st in zip(prompts, collect(), strict=True):
-                    prefill.states[p.instruction] = st
+        out = _prompt_forward(handle, prompts, ids, mask, pads, cfg.use_cache, prefill)
         if prefill is not None:  # the prompt pass ran eagerly; the decode steps use the packed weights
             stack.enter_context(packed_linears(handle))
         cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
@@ -193,6 +179,57 @@ def _generate_batch(
         text = tok.decode(o.token_ids, skip_special_tokens=True)
         o.text = FailedGeneration(text, o.failed) if o.failed else text
     return outs
+
+
+def _prompt_forward(
+    handle: ModelHandle,
+    prompts: Sequence[PromptPositions],
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    pads: Sequence[int],
+    use_cache: bool,
+    prefill: PrefillStates | None,
+) -> Any:
+    """The prompt pass of one padded batch (logits of the last position only); with ``prefill``, the residual
+    stream at its positions is recorded as capture records it (``capture.PrefillStates``)."""
+    recording = (
+        recording_positions(handle, prompts, pads, prefill.positions)
+        if prefill is not None
+        else contextlib.nullcontext(None)
+    )
+    with recording as collect:
+        out = handle.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=position_ids_for(mask),
+            use_cache=use_cache,
+            logits_to_keep=last_position(ids.shape[1], handle.dtype, ids.device),
+        )
+        if collect is not None and prefill is not None:
+            for p, st in zip(prompts, collect(), strict=True):
+                prefill.states[p.instruction] = st
+    return out
+
+
+@torch.no_grad()
+def prompt_pass(
+    handle: ModelHandle,
+    items: Sequence[str | PromptPositions],
+    prefill: PrefillStates,
+    *,
+    batch_size: int = 16,
+    post_inst: bool = True,
+) -> PrefillStates:
+    """``generate(handle, items, None, GenerationConfig(batch_size=batch_size), prefill=prefill)`` without the
+    decoding: the same batches, padding, hooks and forward call, so ``prefill`` receives the same states bit for
+    bit, and no token is generated."""
+    prompts = prepare(handle, items, post_inst=post_inst)
+    for idx in _batches(prompts, [], batch_size, False):
+        batch = [prompts[i] for i in idx]
+        ids, mask, pads = pad_batch(handle, batch)
+        with handle.lock, hooks(handle, [None] * len(batch), batch, pads, RowSelection()):
+            _prompt_forward(handle, batch, ids, mask, pads, GenerationConfig().use_cache, prefill)
+    return prefill
 
 
 def _compare_step(

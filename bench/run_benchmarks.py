@@ -596,7 +596,7 @@ def bench_umap(h: Any) -> dict[str, Any]:
 
 def bench_prefill_fidelity(name: str, limit: int | None = None, new_tokens: int = 48) -> dict[str, Any]:
     """precompute's single pass: the t_inst / t_post_inst states the labelling's prompt pass records
-    (``capture.PrefillStates``, batches of 64 as the labeller runs them) against a separate ``capture`` (batches of
+    (``capture.PrefillStates``, chunks of 32 as the labeller runs them) against a separate ``capture`` (batches of
     16) of the same prompts, float32, on the built-in TRAIN splits (what precompute reads): largest absolute and
     relative difference, share of bit-identical values, and per row the cosine between the harmful-minus-harmless
     mean differences computed from each."""

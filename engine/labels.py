@@ -13,6 +13,9 @@ Contract:
   most 32 rows per batch), each chunk appended to the cache at once, whole lines only (an interrupted run loses at
   most one chunk). Prompts are tokenised (and checked) before anything is generated and sorted by length, so the
   chunks pad little.
+- ``label_refusals(..., prefill=PrefillStates(...))`` keeps the hidden states of its prompt pass when it generates
+  for every prompt (nothing cached); ``prompt_states`` runs that pass alone (same chunks and batches, no decoding)
+  and gives the same states bit for bit, so precompute's directions do not depend on the label cache.
 - The cache reader is strict and tolerant: a row must be an object with ``key`` (64 hex digits), ``refused`` (a JSON
   boolean: ``"no"`` is not a label) and ``text`` (a string); anything else (a torn line, garbage, a wrong-shaped
   row) is dropped, counted and reported once with an ``engine.atomic.CacheWarning``; the damaged lines are set
@@ -367,11 +370,11 @@ def prompt_states(
     them when none of them is cached (same chunks, same rows per batch; ``steering.prompt_pass``, no decoding): the
     states are then bit-identical to the ones that labelling records, whatever the label cache held."""
     chunks = _chunks(handle, instructions, post_inst)
-    done = 0
+    total, done = sum(len(c) for c in chunks), 0
     for part in chunks:
         prompt_pass(handle, part, prefill, batch_size=min(batch_size, SAVE_EVERY), post_inst=post_inst)
         done += len(part)
-        report(progress, "capturing", done, sum(len(c) for c in chunks))
+        report(progress, "capturing", done, total)
     return prefill
 
 
